@@ -1,0 +1,172 @@
+"""Low-rank matrices ``W = U V^T``."""
+
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+from jaxtyping import Float, PRNGKeyArray
+
+from factorjax import linalg
+from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
+from factorjax.factorizations._base import AbstractFactorization
+from factorjax.factorizations._init import small_std, target_variance
+
+
+def check_vector(x: ArrayLike, size: int) -> Array:
+    """Check the one unbatched input of a matrix operator."""
+    x = as_real_array("x", x)
+    if x.shape != (size,):
+        raise ValueError(
+            f"`x` must be one unbatched input of shape ({size},); got {describe(x)}. "
+            "Batch with jax.vmap."
+        )
+    return x
+
+
+def balanced_from_svd(U: Array, s: Array, Vh: Array) -> tuple[Array, Array]:
+    """Split ``U diag(s) Vh`` into balanced factors ``(U sqrt(s), V sqrt(s))``."""
+    root = jnp.sqrt(s)
+    return U * root, jnp.swapaxes(Vh, -1, -2) * root
+
+
+def lowrank_svd(P: Array, Q: Array, rank: int) -> tuple[Array, Array, Array]:
+    """Leading ``rank`` singular triplets of ``P Q^T`` without forming it (QR of both sides)."""
+    Qp, Rp = jnp.linalg.qr(P)
+    Qq, Rq = jnp.linalg.qr(Q)
+    Uc, s, Vhc = jnp.linalg.svd(Rp @ Rq.T, full_matrices=False)
+    return Qp @ Uc[:, :rank], s[:rank], Vhc[:rank] @ Qq.T
+
+
+class LowRank(AbstractFactorization):
+    """A low-rank matrix ``W = U V^T``, the weight of a factorized linear map ``d_in -> d_out``.
+
+    Example:
+        >>> import jax
+        >>> from factorjax import LowRank
+        >>> W = LowRank.init(64, 32, 4, key=jax.random.key(0))
+        >>> W.shape, W.rank, W.num_params
+        ((64, 32), 4, 384)
+        >>> W(jax.numpy.ones(32)).shape
+        (64,)
+    """
+
+    u: Float[Array, "d_out r"]
+    v: Float[Array, "d_in r"]
+
+    def __check_init__(self):
+        if self.u.ndim != 2 or self.v.ndim != 2 or self.u.shape[1] != self.v.shape[1]:
+            raise ValueError(
+                "`u` (d_out, r) and `v` (d_in, r) must be matrices with the same number of "
+                f"columns; got u {describe(self.u)} and v {describe(self.v)}."
+            )
+
+    @classmethod
+    def init(
+        cls,
+        d_out: int,
+        d_in: int,
+        rank: int,
+        *,
+        key: PRNGKeyArray,
+        init: str = "glorot",
+        std: float | None = None,
+        alpha: float | None = None,
+        dtype=None,
+    ) -> "LowRank":
+        """Random factors.
+
+        Arguments:
+            d_out, d_in: the shape of ``W``.
+            rank: the inner dimension ``r`` (any ``r >= 1``; ``r > min(d_out, d_in)`` is the
+                overparametrized regime).
+            key: a JAX PRNG key.
+            init: ``"glorot"``, ``"he"``, ``"lecun"`` or ``"std"`` target the variance of the
+                entries of ``W`` (fans ``d_in``, ``d_out``); ``"small"`` draws both factors
+                with entries ``N(0, alpha^2 / r)``.
+            std: the target standard deviation of ``W`` for ``init="std"``.
+            alpha: the scale for ``init="small"``.
+            dtype: floating dtype of the factors (default: JAX's default float).
+
+        Returns:
+            A `LowRank`.
+        """
+        d_out = check_positive_int("d_out", d_out)
+        d_in = check_positive_int("d_in", d_in)
+        rank = check_positive_int("rank", rank)
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        if init == "small":
+            if std is not None:
+                raise ValueError("`std` is only used with init='std'; got init='small'.")
+            scale = small_std(alpha, rank)
+        else:
+            var = target_variance(init, fan_in=d_in, fan_out=d_out, std=std, alpha=alpha)
+            scale = (var / rank) ** 0.25  # Var(W_ij) = r * scale^4
+        ku, kv = jax.random.split(key)
+        u = scale * jax.random.normal(ku, (d_out, rank), dtype)
+        v = scale * jax.random.normal(kv, (d_in, rank), dtype)
+        return cls(u, v)
+
+    @classmethod
+    def from_dense(
+        cls, w: ArrayLike, rank: int | None = None, *, rtol: float | None = None
+    ) -> "LowRank":
+        """Truncated SVD of a dense matrix, split into balanced factors.
+
+        Arguments:
+            w: real matrix ``(d_out, d_in)``.
+            rank: keep this many singular triplets (``1 <= rank <= min(d_out, d_in)``).
+            rtol: instead of ``rank``: the smallest rank whose relative Frobenius error is at
+                most ``rtol`` (needs concrete values: not under ``jit``). With neither, full
+                rank ``min(d_out, d_in)``.
+
+        Returns:
+            A `LowRank` with ``U = U_r sqrt(S_r)`` and ``V = V_r sqrt(S_r)``.
+        """
+        w = as_real_array("w", w)
+        if w.ndim != 2:
+            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
+        U, s, Vh = jnp.linalg.svd(w, full_matrices=False)
+        r = resolve_rank(rank, rtol, s, min(w.shape))
+        return cls(*balanced_from_svd(U[:, :r], s[:r], Vh[:r]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.u.shape[0], self.v.shape[0])
+
+    @property
+    def rank(self) -> int:
+        return self.u.shape[1]
+
+    def to_dense(self) -> Float[Array, "d_out d_in"]:
+        return self.u @ self.v.T
+
+    def truncate(self, rank: int) -> "LowRank":
+        """Best approximation of rank ``rank``, from QR of the factors (no dense ``W``).
+
+        Arguments:
+            rank: ``1 <= rank <= min(self.rank, d_out, d_in)``.
+
+        Returns:
+            A balanced `LowRank` of rank ``rank``.
+        """
+        rank = check_rank("rank", rank, min(self.rank, *self.shape))
+        return LowRank(*balanced_from_svd(*lowrank_svd(self.u, self.v, rank)))
+
+    def __call__(self, x: ArrayLike) -> Float[Array, " d_out"]:
+        """``W x`` as ``U (V^T x)``: ``r (d_in + d_out)`` flops instead of ``d_in d_out``."""
+        return self.u @ (self.v.T @ check_vector(x, self.shape[1]))
+
+
+def resolve_rank(
+    rank: int | None, rtol: float | None, s: Array, max_rank: int, weights=None
+) -> int:
+    """The rank asked for by ``rank=`` or ``rtol=`` (at most one of them)."""
+    if rank is not None and rtol is not None:
+        raise ValueError(f"pass at most one of `rank` and `rtol`; got rank={rank}, rtol={rtol}.")
+    if rtol is not None:
+        return linalg.rank_for_tolerance(s, rtol, weights)
+    return max_rank if rank is None else check_rank("rank", rank, max_rank)
+
+
+__all__ = ["LowRank"]
