@@ -7,6 +7,8 @@ that target.
 
 import math
 
+import jax.numpy as jnp
+
 from factorjax._checks import check_choice, describe
 
 SCHEMES = ("glorot", "he", "lecun", "std", "small")
@@ -44,8 +46,16 @@ def target_variance(
     raise ValueError("init='small' sets the factor scale, not a target variance.")
 
 
-def positive_float(name: str, value: float | None) -> float:
-    """Check a finite positive float argument (``std``, ``alpha``)."""
+def positive_float(name: str, value):
+    """Check a positive scale argument (``std``, ``alpha``).
+
+    A Python number must be finite and positive. A scalar JAX array is accepted as is, so that
+    the scale can be traced (a sweep over init scales vmaps over it); its value is not checked.
+    """
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(f"`{name}` must be a positive float scalar; got {describe(value)}.")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a positive float; got {describe(value)}.")
     if not (math.isfinite(value) and value > 0):
@@ -53,7 +63,7 @@ def positive_float(name: str, value: float | None) -> float:
     return float(value)
 
 
-def small_std(alpha: float | None, width: int) -> float:
+def small_std(alpha, width: int):
     """Entry std of the small-scale init of the implicit-regularization literature.
 
     Entries are ``N(0, alpha^2 / width)`` with ``width`` the inner (rank) dimension of the
