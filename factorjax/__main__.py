@@ -1,4 +1,4 @@
-"""`python -m factorjax`: a short tour of the library, ending in a small implicit-regularization run.
+"""`python -m factorjax`: a short tour of the library, ending in an implicit-regularization run.
 
 1. The t-product algebra: a t-SVD, its reconstruction error and the tubal rank.
 2. The factorization pytrees: conversion from dense, truncation, apply without a dense weight.
@@ -30,10 +30,14 @@ def tour_algebra(key) -> None:
     U, S, V = tubal.tsvd(A)
     rec = tubal.tprod(tubal.tprod(U, S), tubal.ttranspose(V))
     print(f"A: {A.shape}, tubal rank {int(tubal.tubal_rank(A))} (built as (30,3,8) * (3,20,8))")
-    print(f"t-SVD reconstruction error ||A - U*S*V^T|| / ||A|| = {tubal.tnorm(A - rec) / tubal.tnorm(A):.2e}")
-    print(f"orthogonality ||U^T*U - I|| = {tubal.tnorm(tubal.tprod(tubal.ttranspose(U), U) - tubal.tidentity(20, 8)):.2e}")
-    print(f"norms: Frobenius {tubal.tnorm(A):.2f}, spectral {tubal.tspectral_norm(A):.2f}, "
-          f"nuclear (mean over slices) {tubal.tnuclear_norm(A):.2f}")
+    rel = tubal.tnorm(A - rec) / tubal.tnorm(A)
+    print(f"t-SVD reconstruction error ||A - U*S*V^T|| / ||A|| = {rel:.2e}")
+    gram = tubal.tprod(tubal.ttranspose(U), U)
+    print(f"orthogonality ||U^T*U - I|| = {tubal.tnorm(gram - tubal.tidentity(20, 8)):.2e}")
+    print(
+        f"norms: Frobenius {tubal.tnorm(A):.2f}, spectral {tubal.tspectral_norm(A):.2f}, "
+        f"nuclear (mean over slices) {tubal.tnuclear_norm(A):.2f}"
+    )
 
 
 def tour_factorizations(key) -> None:
@@ -43,16 +47,20 @@ def tour_factorizations(key) -> None:
     for r in (8, 32, 128):
         lr = LowRank.from_dense(w, r)
         err = jnp.linalg.norm(w - lr.to_dense()) / jnp.linalg.norm(w)
-        print(f"LowRank.from_dense(w, {r:3d}): {lr.num_params:6d} params "
-              f"(dense {w.size}), relative error {err:.3f}")
+        print(
+            f"LowRank.from_dense(w, {r:3d}): {lr.num_params:6d} params "
+            f"(dense {w.size}), relative error {err:.3f}"
+        )
     lr = LowRank.from_dense(w, rtol=0.5)
     print(f"LowRank.from_dense(w, rtol=0.5) picks rank {lr.rank}")
     x = jax.random.normal(kx, (16, 128))
     y = jax.vmap(lr)(x)  # U (V^T x): never builds the 256 x 128 weight
     print(f"batched apply with jax.vmap: {x.shape} -> {y.shape}")
     T = TubalLowRank.init(64, 48, 16, 4, key=kw)
-    print(f"TubalLowRank.init(64, 48, k=16, rank=4): shape {T.shape}, std of X "
-          f"{jnp.std(T.to_dense()):.4f} (Glorot target {(2 / (64 * 16 + 48 * 16)) ** 0.5:.4f})")
+    print(
+        f"TubalLowRank.init(64, 48, k=16, rank=4): shape {T.shape}, std of X "
+        f"{jnp.std(T.to_dense()):.4f} (Glorot target {(2 / (64 * 16 + 48 * 16)) ** 0.5:.4f})"
+    )
 
 
 def _recovery(key, alpha: float, steps: int = 3000, lr: float = 0.05):
@@ -87,10 +95,14 @@ def tour_implicit_regularization(key) -> None:
         train, test, s, X = run(key, alpha)
         s = jax.block_until_ready(s)
         ranks = ", ".join(f"{v:.2f}" for v in linalg.tubal_stable_rank(X).tolist())
-        print(f"alpha = {alpha:g}: train loss {train:.1e}, test error ||X - X*|| / ||X*|| = "
-              f"{test:.1e} ({time.perf_counter() - t0:.1f} s)")
-        print(f"    tubal rank (rtol 1e-2) {int(tubal.tubal_rank(X, rtol=1e-2))}, "
-              f"stable rank per Fourier slice [{ranks}]")
+        print(
+            f"alpha = {alpha:g}: train loss {train:.1e}, test error ||X - X*|| / ||X*|| = "
+            f"{test:.1e} ({time.perf_counter() - t0:.1f} s)"
+        )
+        print(
+            f"    tubal rank (rtol 1e-2) {int(tubal.tubal_rank(X, rtol=1e-2))}, "
+            f"stable rank per Fourier slice [{ranks}]"
+        )
         top = ["[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in s[:, :4].tolist()]
         print(f"    top Fourier singular values per slice: {' '.join(top)}")
 
