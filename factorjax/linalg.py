@@ -7,6 +7,8 @@ shape ``(..., k // 2 + 1)``: the quantities that the theory of tubal factorizati
 frequency by frequency. Slice ``k - j`` of the full spectrum has the same value as slice ``j``.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,11 @@ from jaxtyping import Float
 
 from factorjax import tubal
 from factorjax._checks import as_real_array, check_rank, check_tolerance, describe
+
+# Scalar arguments validated by `factorjax._checks` (ranks, sizes, tolerances, scales, the
+# scheme) are annotated `Any`, as in `factorjax.tubal`: a narrower hint (`int`, `float`) would
+# let a runtime type checker reject a valid `np.int64` rank or an int `rtol = 0`, and pre-empt
+# the clear error of `factorjax._checks` with its own. The docstrings state the contract.
 
 __all__ = [
     "effective_rank",
@@ -47,7 +54,7 @@ def singular_values(W: ArrayLike) -> Float[Array, "*batch r"]:
 
 
 def truncated_svd(
-    W: ArrayLike, rank: int | None = None
+    W: ArrayLike, rank: Any = None
 ) -> tuple[Float[Array, "*batch m r"], Float[Array, "*batch r"], Float[Array, "*batch r n"]]:
     """The leading ``rank`` singular triplets of a matrix: the best rank-``rank`` approximation.
 
@@ -65,7 +72,7 @@ def truncated_svd(
     return U[..., :r], s[..., :r], Vh[..., :r, :]
 
 
-def rank_for_tolerance(s: ArrayLike, rtol: float, weights: ArrayLike | None = None) -> int:
+def rank_for_tolerance(s: ArrayLike, rtol: Any, weights: ArrayLike | None = None) -> int:
     """The smallest rank whose truncation has relative Frobenius error at most ``rtol``.
 
     With singular values ``s`` sorted descending along the last axis (several rows of them for

@@ -6,6 +6,7 @@ that target.
 """
 
 import math
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -14,9 +15,7 @@ from factorjax._checks import check_choice, describe
 SCHEMES = ("glorot", "he", "lecun", "std", "small")
 
 
-def target_variance(
-    scheme: str, *, fan_in: int, fan_out: int, std: float | None, alpha: float | None
-) -> float:
+def target_variance(scheme: Any, *, fan_in: int, fan_out: int, std: Any, alpha: Any) -> float:
     """Variance of the entries of the reconstructed weight under a variance-targeted scheme.
 
     Arguments:

@@ -1,6 +1,7 @@
 """Deep matrix factorizations ``W = W_N ... W_2 W_1``."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,8 @@ class DeepLowRank(AbstractFactorization):
         ((20, 10), 3, 8)
     """
 
-    factors: tuple[Float[Array, "h_out h_in"], ...]
+    # Each factor has its own shape: `_`-prefixed names are not bound across the tuple.
+    factors: tuple[Float[Array, "_h_out _h_in"], ...]
 
     def __check_init__(self):
         if len(self.factors) == 0:
@@ -62,14 +64,14 @@ class DeepLowRank(AbstractFactorization):
     @classmethod
     def init(
         cls,
-        d_out: int,
-        d_in: int,
-        widths: Sequence[int],
+        d_out: Any,
+        d_in: Any,
+        widths: Any,
         *,
         key: PRNGKeyArray,
-        init: str = "glorot",
-        std: float | None = None,
-        alpha: float | None = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
         dtype=None,
     ) -> "DeepLowRank":
         """Random factors.
@@ -121,10 +123,10 @@ class DeepLowRank(AbstractFactorization):
     def from_dense(
         cls,
         w: ArrayLike,
-        rank: int | None = None,
+        rank: Any = None,
         *,
-        depth: int = 2,
-        rtol: float | None = None,
+        depth: Any = 2,
+        rtol: Any = None,
     ) -> "DeepLowRank":
         """Truncated SVD split into ``depth`` balanced factors of hidden width ``rank``.
 
@@ -172,7 +174,7 @@ class DeepLowRank(AbstractFactorization):
         """The product, multiplied in the order of least flops."""
         return _chain(self.factors[::-1])
 
-    def truncate(self, rank: int) -> "DeepLowRank":
+    def truncate(self, rank: Any) -> "DeepLowRank":
         """Best approximation of rank ``rank``, rebalanced into the same depth.
 
         Reduces the chain to ``W = P Q^T`` with ``P = W_N`` and ``Q^T = W_{N-1} ... W_1`` and

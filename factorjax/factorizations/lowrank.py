@@ -1,5 +1,6 @@
 """Low-rank matrices ``W = U V^T``."""
 
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,11 @@ from factorjax import linalg
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
+
+# Scalar arguments validated by `factorjax._checks` (ranks, sizes, tolerances, scales, the
+# scheme) are annotated `Any`, as in `factorjax.tubal`: a narrower hint (`int`, `float`) would
+# let a runtime type checker reject a valid `np.int64` rank or an int `rtol = 0`, and pre-empt
+# the clear error of `factorjax._checks` with its own. The docstrings state the contract.
 
 
 def check_vector(x: ArrayLike, size: int) -> Array:
@@ -64,14 +70,14 @@ class LowRank(AbstractFactorization):
     @classmethod
     def init(
         cls,
-        d_out: int,
-        d_in: int,
-        rank: int,
+        d_out: Any,
+        d_in: Any,
+        rank: Any,
         *,
         key: PRNGKeyArray,
-        init: str = "glorot",
-        std: float | None = None,
-        alpha: float | None = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
         dtype=None,
     ) -> "LowRank":
         """Random factors.
@@ -108,9 +114,7 @@ class LowRank(AbstractFactorization):
         return cls(u, v)
 
     @classmethod
-    def from_dense(
-        cls, w: ArrayLike, rank: int | None = None, *, rtol: float | None = None
-    ) -> "LowRank":
+    def from_dense(cls, w: ArrayLike, rank: Any = None, *, rtol: Any = None) -> "LowRank":
         """Truncated SVD of a dense matrix, split into balanced factors.
 
         Arguments:
@@ -141,7 +145,7 @@ class LowRank(AbstractFactorization):
     def to_dense(self) -> Float[Array, "d_out d_in"]:
         return self.u @ self.v.T
 
-    def truncate(self, rank: int) -> "LowRank":
+    def truncate(self, rank: Any) -> "LowRank":
         """Best approximation of rank ``rank``, from QR of the factors (no dense ``W``).
 
         Arguments:
@@ -158,9 +162,7 @@ class LowRank(AbstractFactorization):
         return self.u @ (self.v.T @ check_vector(x, self.shape[1]))
 
 
-def resolve_rank(
-    rank: int | None, rtol: float | None, s: Array, max_rank: int, weights=None
-) -> int:
+def resolve_rank(rank: Any, rtol: Any, s: Array, max_rank: int, weights=None) -> int:
     """The rank asked for by ``rank=`` or ``rtol=`` (at most one of them)."""
     if rank is not None and rtol is not None:
         raise ValueError(f"pass at most one of `rank` and `rtol`; got rank={rank}, rtol={rtol}.")

@@ -1,6 +1,7 @@
 """Low-tubal-rank tensors ``X = U * V^T`` and ``X = U * U^T`` (t-product factorizations)."""
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,11 +85,7 @@ class TubalLowRank(AbstractFactorization):
     v: Float[Array, "n2 R k"]
 
     def __check_init__(self):
-        if (
-            self.u.ndim != 3
-            or self.v.ndim != 3
-            or self.u.shape[1:] != self.v.shape[1:]
-        ):
+        if self.u.ndim != 3 or self.v.ndim != 3 or self.u.shape[1:] != self.v.shape[1:]:
             raise ValueError(
                 "`u` (n1, R, k) and `v` (n2, R, k) must be tensors with the same R and k; got "
                 f"u {describe(self.u)} and v {describe(self.v)}."
@@ -97,15 +94,15 @@ class TubalLowRank(AbstractFactorization):
     @classmethod
     def init(
         cls,
-        n1: int,
-        n2: int,
-        k: int,
-        rank: int,
+        n1: Any,
+        n2: Any,
+        k: Any,
+        rank: Any,
         *,
         key: PRNGKeyArray,
-        init: str = "glorot",
-        std: float | None = None,
-        alpha: float | None = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
         dtype=None,
     ) -> "TubalLowRank":
         """Random factors.
@@ -133,9 +130,7 @@ class TubalLowRank(AbstractFactorization):
         return cls(*_draw(key, [(n1, rank, k), (n2, rank, k)], scale, dtype))
 
     @classmethod
-    def from_dense(
-        cls, x: ArrayLike, rank: int | None = None, *, rtol: float | None = None
-    ) -> "TubalLowRank":
+    def from_dense(cls, x: ArrayLike, rank: Any = None, *, rtol: Any = None) -> "TubalLowRank":
         """Truncated t-SVD, split into balanced factors ``U = U_r * S_r^(1/2)``.
 
         Arguments:
@@ -169,7 +164,7 @@ class TubalLowRank(AbstractFactorization):
     def to_dense(self) -> Float[Array, "n1 n2 k"]:
         return tubal.tprod(self.u, tubal.ttranspose(self.v))
 
-    def truncate(self, rank: int) -> "TubalLowRank":
+    def truncate(self, rank: Any) -> "TubalLowRank":
         """Best approximation of tubal rank ``rank``: per Fourier slice, QR of both factors and
         an ``R x R`` SVD; no ``n1 x n2`` slice is formed."""
         rank = check_rank("rank", rank, min(self.rank, *self.shape[:2]))
@@ -188,7 +183,7 @@ class TubalLowRank(AbstractFactorization):
 
     def __call__(self, x: ArrayLike) -> Float[Array, "n1 k"]:
         """``X * x`` for a t-vector ``x`` of shape ``(n2, k)``, as ``U * (V^T * x)``."""
-        n1, n2, k = self.shape
+        _, n2, k = self.shape
         x = _check_tube_input(x, n2, k)[:, None, :]
         return tubal.tprod(self.u, tubal.tprod(tubal.ttranspose(self.v), x))[:, 0, :]
 
@@ -211,14 +206,14 @@ class SymmetricTubalLowRank(AbstractFactorization):
     @classmethod
     def init(
         cls,
-        n: int,
-        k: int,
-        rank: int,
+        n: Any,
+        k: Any,
+        rank: Any,
         *,
         key: PRNGKeyArray,
-        init: str = "glorot",
-        std: float | None = None,
-        alpha: float | None = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
         dtype=None,
     ) -> "SymmetricTubalLowRank":
         """Random factor.
@@ -247,7 +242,7 @@ class SymmetricTubalLowRank(AbstractFactorization):
 
     @classmethod
     def from_dense(
-        cls, x: ArrayLike, rank: int | None = None, *, rtol: float | None = None
+        cls, x: ArrayLike, rank: Any = None, *, rtol: Any = None
     ) -> "SymmetricTubalLowRank":
         """Truncated t-eigendecomposition of the t-symmetric part of ``x``.
 
@@ -290,7 +285,7 @@ class SymmetricTubalLowRank(AbstractFactorization):
     def to_dense(self) -> Float[Array, "n n k"]:
         return tubal.tprod(self.u, tubal.ttranspose(self.u))
 
-    def truncate(self, rank: int) -> "SymmetricTubalLowRank":
+    def truncate(self, rank: Any) -> "SymmetricTubalLowRank":
         """Best positive semidefinite approximation of tubal rank ``rank``, from a QR of each
         Fourier slice of ``U`` and an ``R x R`` SVD."""
         rank = check_rank("rank", rank, min(self.rank, self.shape[0]))
