@@ -15,7 +15,7 @@ from factorjax._checks import check_choice, describe
 SCHEMES = ("glorot", "he", "lecun", "std", "small")
 
 
-def target_variance(scheme: Any, *, fan_in: int, fan_out: int, std: Any, alpha: Any) -> float:
+def target_variance(scheme: Any, *, fan_in: int, fan_out: int, std: Any, alpha: Any) -> Any:
     """Variance of the entries of the reconstructed weight under a variance-targeted scheme.
 
     Arguments:
@@ -27,7 +27,7 @@ def target_variance(scheme: Any, *, fan_in: int, fan_out: int, std: Any, alpha: 
         alpha: must be ``None`` unless the scheme is ``"small"``.
 
     Returns:
-        The target variance, a positive float.
+        The target variance: a positive float, or a traced scalar when `std` is traced.
     """
     check_choice("init", scheme, SCHEMES)
     if scheme != "small" and alpha is not None:
