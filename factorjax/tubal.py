@@ -26,6 +26,9 @@ Example:
     True
 """
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +37,11 @@ from jax.typing import ArrayLike
 from jaxtyping import Complex, Float, Int
 
 from factorjax._checks import as_real_array, check_choice, check_rank, check_tolerance, describe
+
+# Scalar arguments that this module validates itself (`k`, `n`, `rank`, `rtol`, `normalization`)
+# are annotated `Any`: a narrower hint (`int`, `float`) would let a runtime type checker
+# (jaxtyping + beartype) reject valid `np.int64` ranks or an int `rtol = 0`, and would pre-empt
+# the clear error of `factorjax._checks` with its own. The docstrings state the contract.
 
 __all__ = [
     "fourier_singular_values",
@@ -53,9 +61,23 @@ __all__ = [
     "tubal_rank",
 ]
 
-# Up to this tube length the transform along the tube axis is a dense real matmul with the DFT
-# matrix (it fuses with the layout change and beats an FFT call on CPU); above it, rfft.
-_DFT_MATMUL_MAX_K = 32
+# How the t-product is computed (measured in benchmarks/tproduct.py; see docs/benchmarks.md).
+#
+# A real tensor's half spectrum is held as ``k`` real "spectral rows", frequency-major with the row
+# axis first, ``(k, ..., n1, n2)``: ``Re X_j`` for the ``f = k // 2 + 1`` slices, then ``Im X_j``
+# for the ``c = (k - 1) // 2`` complex ones (the DC and, for even k, Nyquist slices are real).
+# Over the reals the tube algebra splits into those 1 or 2 real factors and c complex ones, so the
+# slice products take f real matmuls plus 3 per complex slice by Gauss's trick: 3 k / 2 - 1 in all
+# for even k, the fewest any bilinear algorithm can use (Alder-Strassen). They run as two batched
+# real matmuls (XLA's complex matmul is about twice slower on CPU). With the row axis first, the
+# transforms are plain matmuls: (k, k) @ (k, tubes)^T forward and (k, k) @ (k, tubes) back, then
+# one transpose. Up to `_DFT_MATMUL_MAX_K` the transforms are these dense DFT matmuls (faster on
+# CPU than an FFT plus the transposes it needs); above it, rfft / irfft.
+_DFT_MATMUL_MAX_K = 128
+# The DFT matmuls ask for full float32 precision, so that the transforms are as exact as an FFT on
+# every backend (TPUs and recent GPUs otherwise multiply float32 in bfloat16 / tf32 passes); the
+# slice products follow the caller's default matmul precision, like any matmul. No-op on CPU.
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,59 +89,76 @@ def _num_freqs(k: int) -> int:
     return k // 2 + 1
 
 
-def _dft_matrices(k: int, dtype) -> tuple[Array, Array]:
-    """Real and imaginary parts of the forward half-spectrum DFT matrix, shape ``(k, k//2+1)``."""
-    t = 2.0 * np.pi * np.outer(np.arange(k), np.arange(_num_freqs(k))) / k
-    return jnp.asarray(np.cos(t), dtype), jnp.asarray(-np.sin(t), dtype)
+def _num_complex(k: int) -> int:
+    """Number of half-spectrum slices that are complex for real input: slices ``1 .. c``."""
+    return (k - 1) // 2
 
 
-def _idft_matrices(k: int, dtype) -> tuple[Array, Array]:
-    """Matrices mapping (real, imag) half spectra back to tubes, shape ``(k//2+1, k)``."""
-    f = _num_freqs(k)
-    weight = np.full(f, 2.0)
-    weight[0] = 1.0
-    if k % 2 == 0:
-        weight[-1] = 1.0
+@functools.cache
+def _dft_matrices(k: int) -> np.ndarray:
+    """The ``(k, k)`` real DFT matrix mapping a tube to its spectral rows (float64, cached).
+
+    Rows ``cos(2 pi j t / k)`` for ``j < f``, then ``-sin(2 pi j t / k)`` for ``1 <= j <= c``.
+    """
+    f, c = _num_freqs(k), _num_complex(k)
     t = 2.0 * np.pi * np.outer(np.arange(f), np.arange(k)) / k
-    return (
-        jnp.asarray(weight[:, None] * np.cos(t) / k, dtype),
-        jnp.asarray(-weight[:, None] * np.sin(t) / k, dtype),
-    )
+    return np.concatenate([np.cos(t), -np.sin(t[1 : c + 1])])
 
 
-def _forward(a: Array) -> tuple[Array, Array]:
-    """Half spectrum of ``a`` (..., n1, n2, k) as real and imaginary parts (..., f, n1, n2)."""
+@functools.cache
+def _idft_matrices(k: int) -> np.ndarray:
+    """The inverse of [`_dft_matrices`][]: ``(k, k)``, spectral rows back to a tube.
+
+    ``x[t] = sum_j w_j / k (Re_j cos(2 pi j t / k) - Im_j sin(2 pi j t / k))`` with ``w_j = 2``
+    for the complex slices and 1 for the real ones (float64, cached).
+    """
+    f, c = _num_freqs(k), _num_complex(k)
+    w = np.ones(f)
+    w[1 : c + 1] = 2.0
+    t = 2.0 * np.pi * np.outer(np.arange(f), np.arange(k)) / k
+    return np.concatenate([(w[:, None] / k) * np.cos(t), -(2.0 / k) * np.sin(t[1 : c + 1])])
+
+
+def _forward(a: Array) -> Array:
+    """The spectral rows ``(k, ..., n1, n2)`` of a real tensor ``a``, ``(..., n1, n2, k)``."""
     k = a.shape[-1]
     if k <= _DFT_MATMUL_MAX_K:
-        cos, sin = _dft_matrices(k, a.dtype)
-        re = jnp.einsum("...ijk,kf->...fij", a, cos)
-        im = jnp.einsum("...ijk,kf->...fij", a, sin)
-        return re, im
-    a_hat = jnp.fft.rfft(jnp.moveaxis(a, -1, -3), axis=-3)
-    return jnp.real(a_hat), jnp.imag(a_hat)
+        u = jnp.asarray(_dft_matrices(k), a.dtype)
+        return jax.lax.dot_general(u, a, (((1,), (a.ndim - 1,)), ((), ())), precision=_EXACT)
+    a_hat = jnp.fft.rfft(a, axis=-1)
+    rows = jnp.concatenate([jnp.real(a_hat), jnp.imag(a_hat[..., 1 : _num_complex(k) + 1])], -1)
+    return jnp.moveaxis(rows, -1, 0)
 
 
-def _inverse(re: Array, im: Array, k: int) -> Array:
-    """Inverse of [`_forward`][]: (..., f, n1, n2) parts to a real tensor (..., n1, n2, k)."""
+def _inverse(p: Array) -> Array:
+    """The real tensor ``(..., n1, n2, k)`` whose spectral rows are ``p``, ``(k, ..., n1, n2)``."""
+    k = p.shape[0]
     if k <= _DFT_MATMUL_MAX_K:
-        icos, isin = _idft_matrices(k, re.dtype)
-        return jnp.einsum("...fij,fk->...ijk", re, icos) + jnp.einsum(
-            "...fij,fk->...ijk", im, isin
-        )
-    out = jnp.fft.irfft(jax.lax.complex(re, im), n=k, axis=-3)
-    return jnp.moveaxis(out, -3, -1)
+        w = jnp.asarray(_idft_matrices(k), p.dtype)
+        q = jax.lax.dot_general(w, p, (((0,), (0,)), ((), ())), precision=_EXACT)
+        return jnp.moveaxis(q, 0, -1)
+    f, c = _num_freqs(k), _num_complex(k)
+    im = jnp.pad(p[f:], [(1, f - 1 - c)] + [(0, 0)] * (p.ndim - 1))
+    spectrum = jax.lax.complex(jnp.moveaxis(p[:f], 0, -1), jnp.moveaxis(im, 0, -1))
+    return jnp.fft.irfft(spectrum, n=k, axis=-1)
 
 
-def _spectral_matmul(ar: Array, ai: Array, br: Array, bi: Array) -> tuple[Array, Array]:
-    """Slice-wise complex product ``(ar + i ai) @ (br + i bi)`` with three real matmuls.
+def _spectral_matmul(a: Array, b: Array) -> Array:
+    """Slice-wise products of spectral rows: ``(k, ..., n1, n)`` and ``(k, ..., n, n2)`` to the
+    spectral rows ``(k, ..., n1, n2)`` of the t-product (batch axes broadcast).
 
-    Gauss's trick: ``re = ar br - ai bi`` and ``im = (ar + ai)(br + bi) - ar br - ai bi``. The
-    three products run as one batched real matmul, which XLA executes faster than a complex one.
+    One real matmul per real slice and three per complex slice (Gauss's trick): with
+    ``P = [Re A Re B; Im A Im B]`` (one batched matmul over all ``k`` rows) and
+    ``S = (Re A + Im A)(Re B + Im B)`` (the complex slices), ``Re = Re A Re B - Im A Im B`` and
+    ``Im = S - Re A Re B - Im A Im B``.
     """
-    lhs = jnp.stack(jnp.broadcast_arrays(ar, ai, ar + ai))
-    rhs = jnp.stack(jnp.broadcast_arrays(br, bi, br + bi))
-    t = jnp.matmul(lhs, rhs)
-    return t[0] - t[1], t[2] - t[0] - t[1]
+    k = a.shape[0]
+    f, c = _num_freqs(k), _num_complex(k)
+    cx = slice(1, c + 1)
+    p = jnp.matmul(a, b)
+    s = jnp.matmul(a[cx] + a[f:], b[cx] + b[f:])
+    re = p[:f] - jnp.pad(p[f:], [(1, f - 1 - c)] + [(0, 0)] * (p.ndim - 1))
+    return jnp.concatenate([re, s - p[cx] - p[f:]])
 
 
 def to_fourier(A: ArrayLike) -> Complex[Array, "*batch f n1 n2"]:
@@ -137,7 +176,7 @@ def to_fourier(A: ArrayLike) -> Complex[Array, "*batch f n1 n2"]:
     return jnp.fft.rfft(jnp.moveaxis(A, -1, -3), axis=-3)
 
 
-def from_fourier(A_hat: ArrayLike, k: int) -> Float[Array, "*batch n1 n2 k"]:
+def from_fourier(A_hat: ArrayLike, k: Any) -> Float[Array, "*batch n1 n2 k"]:
     """Inverse of [`to_fourier`][factorjax.tubal.to_fourier].
 
     Arguments:
@@ -152,6 +191,7 @@ def from_fourier(A_hat: ArrayLike, k: int) -> Float[Array, "*batch n1 n2 k"]:
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be an int >= 1; got {k!r}.")
+    k = int(k)
     if not hasattr(A_hat, "dtype"):
         A_hat = jnp.asarray(A_hat)
     if A_hat.ndim < 3:
@@ -196,8 +236,9 @@ def tprod(A: ArrayLike, B: ArrayLike) -> Float[Array, "*batch n1 n2 k"]:
     """The t-product ``A * B``.
 
     ``(A * B)[i, j, :] = sum_l circconv(A[i, l, :], B[l, j, :])``. Computed in the Fourier
-    domain over the ``k // 2 + 1`` slices of the half spectrum, each product as three real
-    matmuls; exact (to rounding) for odd and even ``k``.
+    domain over the ``k // 2 + 1`` slices of the half spectrum: one real matmul for each real
+    slice (zero frequency, and Nyquist for even ``k``) and three for each complex one (Gauss's
+    trick), the fewest real products possible; exact (to rounding) for odd and even ``k``.
 
     Arguments:
         A: real tensor of shape ``(..., n1, n, k)``.
@@ -211,11 +252,13 @@ def tprod(A: ArrayLike, B: ArrayLike) -> Float[Array, "*batch n1 n2 k"]:
     _check_pair(A, B)
     dtype = jnp.result_type(A, B)
     A, B = A.astype(dtype), B.astype(dtype)
-    k = A.shape[-1]
-    ar, ai = _forward(A)
-    br, bi = _forward(B)
-    cr, ci = _spectral_matmul(ar, ai, br, bi)
-    return _inverse(cr, ci, k)
+    # Give both operands the same number of batch axes, so that no helper that stacks or moves
+    # axes (`_forward` puts its spectral rows on a new leading axis) can line up an axis of one
+    # operand with a batch axis of the other: (2, 1, n1, n, k) * (3, n, n2, k).
+    ndim = max(A.ndim, B.ndim)
+    A = jnp.reshape(A, (1,) * (ndim - A.ndim) + A.shape)
+    B = jnp.reshape(B, (1,) * (ndim - B.ndim) + B.shape)
+    return _inverse(_spectral_matmul(_forward(A), _forward(B)))
 
 
 def ttranspose(A: ArrayLike) -> Float[Array, "*batch n2 n1 k"]:
@@ -235,7 +278,7 @@ def ttranspose(A: ArrayLike) -> Float[Array, "*batch n2 n1 k"]:
     return jnp.concatenate([At[..., :1], jnp.flip(At[..., 1:], axis=-1)], axis=-1)
 
 
-def tidentity(n: int, k: int, dtype=None) -> Float[Array, "n n k"]:
+def tidentity(n: Any, k: Any, dtype=None) -> Float[Array, "n n k"]:
     """The identity tensor: the ``n x n`` identity in the first frontal slice, zeros elsewhere.
 
     Arguments:
@@ -285,25 +328,27 @@ def _fourier_svd(a_hat: Array, k: int) -> tuple[Array, Array, Array]:
     """Thin SVD of every half-spectrum slice; real SVDs for the slices that are real.
 
     Returns ``(U_hat, s, Vh_hat)`` with ``s`` sorted descending per slice. Taking real SVDs of
-    the real slices keeps the factors conjugate-symmetric, hence the tubes real.
+    the real slices (DC and, for even ``k``, Nyquist) keeps the factors conjugate-symmetric, hence
+    the tubes real.
     """
-    f = a_hat.shape[-3]
-    real = _real_slices(k)
-    cplx = [j for j in range(f) if j not in real]
-    u_r, s_r, vh_r = jnp.linalg.svd(jnp.real(a_hat[..., real, :, :]), full_matrices=False)
-    parts = {j: (u_r[..., i, :, :], s_r[..., i, :], vh_r[..., i, :, :]) for i, j in enumerate(real)}
-    if cplx:
-        u_c, s_c, vh_c = jnp.linalg.svd(a_hat[..., cplx, :, :], full_matrices=False)
-        for i, j in enumerate(cplx):
-            parts[j] = (u_c[..., i, :, :], s_c[..., i, :], vh_c[..., i, :, :])
-    u = jnp.stack([parts[j][0].astype(a_hat.dtype) for j in range(f)], axis=-3)
-    s = jnp.stack([parts[j][1] for j in range(f)], axis=-2)
-    vh = jnp.stack([parts[j][2].astype(a_hat.dtype) for j in range(f)], axis=-3)
-    return u, s, vh
+    c = _num_complex(k)
+    real = jnp.real(jnp.concatenate([a_hat[..., :1, :, :], a_hat[..., c + 1 :, :, :]], axis=-3))
+    if not c:
+        u, s, vh = jnp.linalg.svd(real, full_matrices=False)
+        return u.astype(a_hat.dtype), s, vh.astype(a_hat.dtype)
+    u_c, s_c, vh_c = jnp.linalg.svd(a_hat[..., 1 : c + 1, :, :], full_matrices=False)
+    u_r, s_r, vh_r = jnp.linalg.svd(real, full_matrices=False)
+
+    def merge(r, x, axis):  # slice 0 real, slices 1..c complex, then Nyquist real (even k)
+        r = r.astype(x.dtype)
+        first = jax.lax.slice_in_dim(r, 0, 1, axis=axis)
+        return jnp.concatenate([first, x, jax.lax.slice_in_dim(r, 1, None, axis=axis)], axis)
+
+    return merge(u_r, u_c, -3), merge(s_r, s_c, -2), merge(vh_r, vh_c, -3)
 
 
 def tsvd(
-    A: ArrayLike, rank: int | None = None
+    A: ArrayLike, rank: Any = None
 ) -> tuple[
     Float[Array, "*batch n1 r k"], Float[Array, "*batch r r k"], Float[Array, "*batch n2 r k"]
 ]:
@@ -326,13 +371,19 @@ def tsvd(
     A = as_real_array("A", A, min_ndim=3)
     n1, n2, k = A.shape[-3:]
     r = min(n1, n2) if rank is None else check_rank("rank", rank, min(n1, n2))
-    u_hat, s, vh_hat = _fourier_svd(to_fourier(A), k)
+    f, c = _num_freqs(k), _num_complex(k)
+    rows = _forward(A)  # (k, ..., n1, n2): Re of the f slices, then Im of the c complex ones
+    im = jnp.pad(rows[f:], [(1, f - 1 - c)] + [(0, 0)] * (rows.ndim - 1))
+    u_hat, s, vh_hat = _fourier_svd(jnp.moveaxis(jax.lax.complex(rows[:f], im), 0, -3), k)
     u_hat, s, vh_hat = u_hat[..., :r], s[..., :r], vh_hat[..., :r, :]
-    s_hat = jnp.eye(r, dtype=A.dtype) * s[..., None]  # (..., f, r, r) real diagonal slices
-    U = from_fourier(u_hat, k)
-    S = from_fourier(s_hat.astype(u_hat.dtype), k)
-    V = from_fourier(jnp.conj(jnp.swapaxes(vh_hat, -1, -2)), k)
-    return U, S, V
+
+    def tubes(x_hat):  # (..., f, m, r) half spectrum to real tubes (..., m, r, k)
+        x_hat = jnp.moveaxis(x_hat, -3, 0)
+        return _inverse(jnp.concatenate([jnp.real(x_hat), jnp.imag(x_hat[1 : c + 1])]))
+
+    s_tubes = jnp.fft.irfft(jnp.swapaxes(s, -1, -2).astype(u_hat.dtype), n=k, axis=-1)
+    S = jnp.eye(r, dtype=A.dtype)[:, :, None] * s_tubes[..., None, :, :]  # f-diagonal
+    return tubes(u_hat), S, tubes(jnp.conj(jnp.swapaxes(vh_hat, -1, -2)))
 
 
 def fourier_singular_values(A: ArrayLike, *, full: bool = False) -> Float[Array, "*batch f r"]:
@@ -377,7 +428,7 @@ def _default_rtol(A: Array) -> float:
     return max(A.shape[-3], A.shape[-2]) * A.shape[-1] * float(jnp.finfo(A.dtype).eps)
 
 
-def tubal_rank(A: ArrayLike, rtol: float | None = None) -> Int[Array, "*batch"]:
+def tubal_rank(A: ArrayLike, rtol: Any = None) -> Int[Array, "*batch"]:
     """The tubal rank: the number of non-zero singular tubes.
 
     Equals the largest rank over the Fourier slices. A singular value counts as non-zero when
@@ -424,7 +475,7 @@ def tspectral_norm(A: ArrayLike) -> Float[Array, "*batch"]:
     return jnp.max(fourier_singular_values(A)[..., 0], axis=-1)
 
 
-def tnuclear_norm(A: ArrayLike, *, normalization: str = "mean") -> Float[Array, "*batch"]:
+def tnuclear_norm(A: ArrayLike, *, normalization: Any = "mean") -> Float[Array, "*batch"]:
     """Tensor nuclear norm, in either of the two normalisations of the literature.
 
     - ``"mean"`` (default; Lu et al., TPAMI 2019): ``(1/k) * ||bcirc(A)||_*``, the sum of the
