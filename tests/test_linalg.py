@@ -23,7 +23,6 @@ perturbations through its formula, plus the rounding of the formula itself.
 """
 
 import math
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -35,19 +34,6 @@ from factorjax import linalg
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
-
-
-@pytest.fixture
-def rng(request):
-    # A fixed seed per test (its name), so that a failure is reproducible.
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-@pytest.fixture
-def x64():
-    """Enable float64 for one test only (a config context manager on jax 0.10 and 0.12)."""
-    with jax.enable_x64(True):
-        yield
 
 
 # ---------------------------------------------------------------------------------------------

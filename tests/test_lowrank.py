@@ -16,8 +16,6 @@ Tolerances (float32, ``eps = 2^-23``):
   ``c eps s_1`` in ``U^T U`` (loss of orthogonality of the singular vectors).
 """
 
-import zlib
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -28,19 +26,6 @@ from jax.test_util import check_grads
 from factorjax import DeepLowRank, LowRank
 
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture
-def rng(request):
-    # A fixed seed per test (its name), so that a failure is reproducible.
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-@pytest.fixture
-def x64():
-    """Enable float64 for one test only (a config context manager on jax 0.10 and 0.12)."""
-    with jax.enable_x64(True):
-        yield
 
 
 # ---------------------------------------------------------------------------------------------

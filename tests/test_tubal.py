@@ -25,7 +25,6 @@ error of a Householder SVD, ``max(n1, n2) * eps * ||slice||_2`` per slice (Golub
 """
 
 import re
-import zlib
 from types import SimpleNamespace
 
 import jax
@@ -186,27 +185,6 @@ def assert_tprod_close(C, A, B):
     )
 
 
-@pytest.fixture
-def rng(request):
-    # A fixed seed per test (its name), so that a failure is reproducible.
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-@pytest.fixture
-def x64():
-    """Enable float64 for one test only, and restore the previous setting afterwards."""
-    if hasattr(jax, "enable_x64"):  # a config context manager on jax 0.10 and 0.12
-        with jax.enable_x64(True):
-            yield
-    else:  # pragma: no cover - older jax
-        previous = jax.config.jax_enable_x64
-        jax.config.update("jax_enable_x64", True)
-        try:
-            yield
-        finally:
-            jax.config.update("jax_enable_x64", previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # The references agree with each other (so that a wrong reference cannot hide a wrong module)
 # ---------------------------------------------------------------------------------------------
@@ -231,9 +209,9 @@ def test_references_agree(rng, k):
 # ---------------------------------------------------------------------------------------------
 
 # tprod switches from dense DFT matmuls to rfft above a tube length `_DFT_MATMUL_MAX_K` (32 when
-# the issue was filed, tuned since): test both sides of 32 and of the current switch, odd and even k,
-# and the edge cases k = 1, 2. `K_FFT` is a tube length on the rfft path, used where one k per
-# path is enough.
+# the issue was filed, tuned since): test both sides of 32 and of the current switch, odd and
+# even k, and the edge cases k = 1, 2. `K_FFT` is a tube length on the rfft path, used where one
+# k per path is enough.
 _SWITCH = tubal._DFT_MATMUL_MAX_K
 K_FFT = _SWITCH + 1
 KS = sorted({1, 2, 3, 4, 7, 8, 31, 32, 33, 64, _SWITCH, K_FFT})

@@ -20,7 +20,6 @@ for eigenvalues, Davis-Kahan), and an entry of the tensor by at most the largest
 (the inverse transform averages the slices).
 """
 
-import zlib
 from functools import partial
 
 import equinox as eqx
@@ -33,19 +32,6 @@ from jax.test_util import check_grads
 from factorjax import SymmetricTubalLowRank, TubalLowRank
 
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture
-def rng(request):
-    # A fixed seed per test (its name), so that a failure is reproducible.
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-@pytest.fixture
-def x64():
-    """Enable float64 for one test only (a config context manager on jax 0.10 and 0.12)."""
-    with jax.enable_x64(True):
-        yield
 
 
 # ---------------------------------------------------------------------------------------------
