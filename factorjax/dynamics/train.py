@@ -96,7 +96,7 @@ def train(
         rank_rtol: relative tolerance of the rank metric.
 
     Returns:
-        ``(final_model, history)``: ``history`` maps each name of [`metrics`][] and ``step`` to
+        ``(final_model, history)``: ``history`` maps each name of `metrics` and ``step`` to
         an array with a leading axis of ``steps // log_every + 1`` records, and holds
         ``diverged`` (bool) and ``diverged_at`` (the first update that made the parameters or
         the loss non-finite, or -1). A diverged run stops changing: its parameters stay at the

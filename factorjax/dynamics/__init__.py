@@ -1,0 +1,37 @@
+"""Experiments on factorizations: recovery problems, the training loop, run storage.
+
+The experiment runner (sweeps over seeds and scales as one compiled program, sharding over
+devices and hosts, the `factorjax` command) builds on these; see the project's issue tracker.
+"""
+
+from factorjax.dynamics.problems import (
+    AbstractProblem,
+    MatrixCompletion,
+    MatrixSensing,
+    TensorCompletion,
+    TubalSensing,
+)
+from factorjax.dynamics.storage import (
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    run_id,
+    save_npz_atomic,
+)
+from factorjax.dynamics.train import metrics, top_subspace, train
+
+__all__ = [
+    "AbstractProblem",
+    "MatrixCompletion",
+    "MatrixSensing",
+    "RunStore",
+    "TensorCompletion",
+    "TubalSensing",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "metrics",
+    "run_id",
+    "save_npz_atomic",
+    "top_subspace",
+    "train",
+]
