@@ -1,4 +1,4 @@
-"""Experiments on factorizations: recovery problems, the training loop, run storage.
+"""Experiments on factorizations: recovery problems, the training loop, sweeps, run storage.
 
 The experiment runner (sweeps over seeds and scales as one compiled program, sharding over
 devices and hosts, the `factorjax` command) builds on these; see the project's issue tracker.
@@ -18,6 +18,7 @@ from factorjax.dynamics.storage import (
     run_id,
     save_npz_atomic,
 )
+from factorjax.dynamics.sweep import run_sweep
 from factorjax.dynamics.train import metrics, top_subspace, train
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_write_json",
     "metrics",
     "run_id",
+    "run_sweep",
     "save_npz_atomic",
     "top_subspace",
     "train",
