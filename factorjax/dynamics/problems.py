@@ -487,12 +487,42 @@ def _check_observed(m: int, total: int, shape: tuple[int, ...]) -> None:
         )
 
 
-class MatrixCompletion(AbstractProblem):
+class AbstractCompletion(AbstractProblem):
+    """Completion problems: ``m`` distinct entries of ``X*`` observed, chosen uniformly
+    without replacement. ``A(X) = X.flat[idx]`` (row-major) and ``A*`` writes ``m`` values back
+    into zeros."""
+
+    idx: eqx.AbstractVar[Int[Array, " m"]]
+    noise: eqx.AbstractVar[Float[Array, ""]]
+    r: eqx.AbstractVar[int]
+
+    @property
+    def rank(self) -> int:
+        return self.r
+
+    def measure(self, X: ArrayLike) -> Float[Array, "*batch m"]:
+        """The observed entries ``X.flat[idx]``: ``(..., *shape)`` to ``(..., m)``."""
+        return _gather_measure(self.idx, X, self.shape)
+
+    def adjoint(self, y: ArrayLike) -> Float[Array, "..."]:
+        """``y`` written at the observed places of zeros: ``(..., m)`` to ``(..., *shape)``."""
+        return _scatter_adjoint(self.idx, y, self.shape)
+
+
+def _completion_parts(key, truth: Array, m: int, noise, dtype) -> dict:
+    """Observed indices and data of a completion problem with ground truth ``truth``."""
+    shape = tuple(truth.shape)
+    noise = _noise_level(noise, dtype)
+    k_idx, k_noise = jax.random.split(key)
+    idx = _draw_indices(k_idx, math.prod(shape), m)
+    y = _observe(_gather_measure(idx, truth, shape), noise, k_noise)
+    return {"ground_truth": truth, "y": y, "idx": idx, "noise": noise}
+
+
+class MatrixCompletion(AbstractCompletion):
     """Low-rank matrix completion: ``m`` distinct entries of ``X*`` observed.
 
-    ``X*`` is drawn as in `MatrixSensing` (rank ``r``, unit Frobenius norm). The entries are
-    chosen uniformly without replacement; ``A(X) = X.flat[idx]`` and ``A*`` writes ``m`` values
-    back into a zero matrix.
+    ``X*`` is drawn as in `MatrixSensing` (rank ``r``, unit Frobenius norm).
 
     Fields:
         ground_truth: ``X*``, ``(n1, n2)``.
@@ -538,37 +568,20 @@ class MatrixCompletion(AbstractProblem):
         r = check_rank("r", r, min(n1, n2))
         _check_observed(m, n1 * n2, (n1, n2))
         dtype = _float_dtype(dtype)
-        noise = _noise_level(noise, dtype)
-        k_truth, k_idx, k_noise = jax.random.split(key, 3)
+        k_truth, k_obs = jax.random.split(key)
         truth = _matrix_truth(k_truth, n1, n2, r, False, dtype)
-        idx = _draw_indices(k_idx, n1 * n2, m)
-        clean = _gather_measure(idx, truth, (n1, n2))
-        return cls(ground_truth=truth, y=_observe(clean, noise, k_noise), idx=idx, noise=noise, r=r)
+        return cls(**_completion_parts(k_obs, truth, m, noise, dtype), r=r)
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.ground_truth.shape[-2:])
 
-    @property
-    def rank(self) -> int:
-        return self.r
 
-    def measure(self, X: ArrayLike) -> Float[Array, "*batch m"]:
-        """The observed entries ``X.flat[idx]``: ``(..., n1, n2)`` to ``(..., m)``."""
-        return _gather_measure(self.idx, X, self.shape)
-
-    def adjoint(self, y: ArrayLike) -> Float[Array, "*batch n1 n2"]:
-        """``y`` written at the observed places of a zero matrix: ``(..., m)`` to
-        ``(..., n1, n2)``."""
-        return _scatter_adjoint(self.idx, y, self.shape)
-
-
-class TensorCompletion(AbstractProblem):
+class TensorCompletion(AbstractCompletion):
     """Low-tubal-rank tensor completion: ``m`` distinct entries of ``X*`` observed.
 
     ``X*`` is ``(n, n, k)``, drawn as in `TubalSensing` (t-symmetric positive semidefinite,
-    tubal rank ``r``, all non-zero Fourier singular values 1). The entries are chosen uniformly
-    without replacement among the ``n * n * k``.
+    tubal rank ``r``, all non-zero Fourier singular values 1).
 
     Fields:
         ground_truth: ``X*``, ``(n, n, k)``.
@@ -614,26 +627,10 @@ class TensorCompletion(AbstractProblem):
         r = check_rank("r", r, n)
         _check_observed(m, n * n * k, (n, n, k))
         dtype = _float_dtype(dtype)
-        noise = _noise_level(noise, dtype)
-        k_truth, k_idx, k_noise = jax.random.split(key, 3)
+        k_truth, k_obs = jax.random.split(key)
         truth = _tubal_truth(k_truth, n, k, r, dtype)
-        idx = _draw_indices(k_idx, n * n * k, m)
-        clean = _gather_measure(idx, truth, (n, n, k))
-        return cls(ground_truth=truth, y=_observe(clean, noise, k_noise), idx=idx, noise=noise, r=r)
+        return cls(**_completion_parts(k_obs, truth, m, noise, dtype), r=r)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.ground_truth.shape[-3:])
-
-    @property
-    def rank(self) -> int:
-        return self.r
-
-    def measure(self, X: ArrayLike) -> Float[Array, "*batch m"]:
-        """The observed entries ``X.flat[idx]``: ``(..., n, n, k)`` to ``(..., m)``."""
-        return _gather_measure(self.idx, X, self.shape)
-
-    def adjoint(self, y: ArrayLike) -> Float[Array, "*batch n n k"]:
-        """``y`` written at the observed places of a zero tensor: ``(..., m)`` to
-        ``(..., n, n, k)``."""
-        return _scatter_adjoint(self.idx, y, self.shape)
