@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from factorjax import LowRank, SymmetricTubalLowRank, TubalLowRank, linalg, tubal
+from factorjax.dynamics import TubalSensing, train
 
 
 def _section(title: str) -> None:
@@ -63,46 +64,32 @@ def tour_factorizations(key) -> None:
     )
 
 
-def _recovery(key, alpha: float, steps: int = 3000, lr: float = 0.05):
-    """Tubal tensor sensing: recover X* (tubal rank 2) from m Gaussian measurements."""
-    n, k, r, m = 10, 4, 2, 140
-    kg, ka, ku = jax.random.split(key, 3)
-    G = jax.random.normal(kg, (n, r, k))
-    X_star = tubal.tprod(G, tubal.ttranspose(G))
-    X_star = X_star / tubal.tnorm(X_star)
-    A = jax.random.normal(ka, (m, n, n, k)) / jnp.sqrt(m)  # measurement tensors, N(0, 1/m)
-    y = jnp.einsum("mijt,ijt->m", A, X_star)
-    model = SymmetricTubalLowRank.init(n, k, n, key=ku, init="small", alpha=alpha)
-
-    def loss(u):
-        resid = jnp.einsum("mijt,ijt->m", A, SymmetricTubalLowRank(u).to_dense()) - y
-        return 0.5 * jnp.sum(resid**2)
-
-    def step(u, _):
-        return u - lr * jax.grad(loss)(u), None
-
-    u, _ = jax.lax.scan(step, model.u, None, length=steps)
-    X = SymmetricTubalLowRank(u).to_dense()
-    return loss(u), tubal.tnorm(X - X_star), tubal.fourier_singular_values(X), X
-
-
 def tour_implicit_regularization(key) -> None:
     _section("implicit regularization: X = U * U^T from 140 measurements, n=10, k=4, rank 2")
     print("U is (10, 10, 4): the model can represent any PSD tensor, so only the init decides.")
-    run = jax.jit(_recovery, static_argnames=("steps",))
+    kp, ku = jax.random.split(key)
+    problem = TubalSensing.make(10, 4, 2, 140, key=kp)  # N(0, 1/m) measurement tensors
+
+    @jax.jit
+    def run(alpha):
+        model = SymmetricTubalLowRank.init(10, 4, 10, key=ku, init="small", alpha=alpha)
+        return train(problem, model, steps=3000, log_every=1000, step_size=0.05, rank_rtol=1e-2)
+
     for alpha in (1e-3, 1.0):
         t0 = time.perf_counter()
-        train, test, s, X = run(key, alpha)
-        s = jax.block_until_ready(s)
+        model, history = jax.block_until_ready(run(alpha))
+        X = model.to_dense()
+        print(
+            f"alpha = {alpha:g}: train loss {history['train_loss'][-1]:.1e}, test error "
+            f"||X - X*|| / ||X*|| = {history['test_error'][-1]:.1e} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
         ranks = ", ".join(f"{v:.2f}" for v in linalg.tubal_stable_rank(X).tolist())
         print(
-            f"alpha = {alpha:g}: train loss {train:.1e}, test error ||X - X*|| / ||X*|| = "
-            f"{test:.1e} ({time.perf_counter() - t0:.1f} s)"
-        )
-        print(
-            f"    tubal rank (rtol 1e-2) {int(tubal.tubal_rank(X, rtol=1e-2))}, "
+            f"    tubal rank (rtol 1e-2) {int(history['rank'][-1])}, "
             f"stable rank per Fourier slice [{ranks}]"
         )
+        s = history["singular_values"][-1]
         top = ["[" + ", ".join(f"{v:.3f}" for v in row) + "]" for row in s[:, :4].tolist()]
         print(f"    top Fourier singular values per slice: {' '.join(top)}")
 
