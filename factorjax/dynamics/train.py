@@ -98,9 +98,10 @@ def train(
     Returns:
         ``(final_model, history)``: ``history`` maps each name of `metrics` and ``step`` to
         an array with a leading axis of ``steps // log_every + 1`` records, and holds
-        ``diverged`` (bool) and ``diverged_at`` (the first update that made the parameters or
-        the loss non-finite, or -1). A diverged run stops changing: its parameters stay at the
-        last finite value, and its later records repeat that iterate.
+        ``diverged`` (bool) and ``diverged_at`` (the first update that made the parameters
+        non-finite, or -1; a loss that overflows first is caught one update later). A
+        diverged run stops changing: its parameters stay at the last finite value, and its
+        later records repeat that iterate.
     """
     steps = check_positive_int("steps", steps)
     log_every = check_positive_int("log_every", log_every)
@@ -125,7 +126,9 @@ def train(
         g = jax.grad(loss_fn)(p)
         upd, new_state = optimizer.update(g, opt_state, p)
         new_p = optax.apply_updates(p, upd)
-        bad = ~_all_finite(new_p) | ~jnp.isfinite(loss_fn(new_p))
+        # Parameters only: a non-finite loss makes the next gradient, hence the next
+        # parameters, non-finite, so no extra forward pass is needed in the hot loop.
+        bad = ~_all_finite(new_p)
         now = bad & ~diverged
         keep = diverged | bad
         p = jax.tree.map(lambda new, old: jnp.where(keep, old, new), new_p, p)
