@@ -19,7 +19,14 @@ from factorjax.dynamics.storage import (
     save_npz_atomic,
 )
 from factorjax.dynamics.sweep import run_sweep
-from factorjax.dynamics.train import metrics, top_subspace, train
+from factorjax.dynamics.train import (
+    TrainState,
+    advance,
+    metrics,
+    reference_bases,
+    top_subspace,
+    train,
+)
 
 __all__ = [
     "AbstractProblem",
@@ -27,10 +34,13 @@ __all__ = [
     "MatrixSensing",
     "RunStore",
     "TensorCompletion",
+    "TrainState",
     "TubalSensing",
+    "advance",
     "atomic_write_bytes",
     "atomic_write_json",
     "metrics",
+    "reference_bases",
     "run_id",
     "run_sweep",
     "save_npz_atomic",

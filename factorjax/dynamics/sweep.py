@@ -53,7 +53,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from factorjax.dynamics.parallel import is_writer
 from factorjax.dynamics.storage import RunStore, run_id
 
 __all__ = ["run_sweep"]
@@ -197,7 +199,9 @@ def run_sweep(
     {name: last value}}``, where ``final`` holds the last record of every per-record scalar
     metric (``step`` excepted) and every other per-run scalar of the history, and
     ``trajectory`` holds the run's per-record arrays. A killed sweep loses at most the group in
-    flight.
+    flight. In a multi-host job every process calls `run_sweep` with the same arguments,
+    ``run_group`` computes on all of them (see `factorjax.dynamics.parallel.map_runs`), and
+    process 0 alone writes.
 
     Returns:
         The records of all settings (those finished before and those run now), in ``settings``
@@ -240,6 +244,9 @@ def run_sweep(
                 "diverged_at": int(per_run["diverged_at"][j]),
                 "final": final,
             }
-            store.record(ids[i], record, {name: a[j] for name, a in per_record.items()})
+            if is_writer():
+                store.record(ids[i], record, {name: a[j] for name, a in per_record.items()})
+    if jax.process_count() > 1:  # let process 0 finish writing before anyone reads back
+        multihost_utils.sync_global_devices("factorjax.run_sweep")
     finished = store.finished()
     return [finished[rid] for rid in ids]

@@ -1,0 +1,8 @@
+"""Named experiments, run by the ``factorjax`` command (``factorjax list``)."""
+
+from factorjax.experiments._registry import Experiment, experiments, get, register
+
+__all__ = ["Experiment", "experiments", "get", "register"]
+
+# Modules that register experiments.
+from factorjax.experiments import tubal_implicit_reg  # noqa: E402, F401
