@@ -335,9 +335,7 @@ def advance(
         )
 
     if method == "lifted":
-        return _lifted_advance(
-            problem, state, steps // log_every, log_every, step_size, rank_rtol
-        )
+        return _lifted_advance(problem, state, steps // log_every, log_every, step_size, rank_rtol)
 
     bases = reference_bases(problem)
 

@@ -91,15 +91,18 @@ class SensingSweepConfig:
             raise ValueError(f"`rank` must be <= n = {self.n}; got {self.rank}.")
         for name in ("widths", "measurements"):
             values = getattr(self, name)
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                 for v in values):
-                raise ValueError(f"`{name}` must be a non-empty tuple of ints >= 1; got "
-                                 f"{values!r}.")
+            if not values or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
+            ):
+                raise ValueError(
+                    f"`{name}` must be a non-empty tuple of ints >= 1; got {values!r}."
+                )
             if len(set(values)) != len(values):
                 raise ValueError(f"`{name}` has a repeated value: {values!r}.")
         if not self.alphas or any(not (a > 0 and math.isfinite(a)) for a in self.alphas):
-            raise ValueError(f"`alphas` must be a non-empty tuple of finite floats > 0; got "
-                             f"{self.alphas!r}.")
+            raise ValueError(
+                f"`alphas` must be a non-empty tuple of finite floats > 0; got {self.alphas!r}."
+            )
         if len(set(self.alphas)) != len(self.alphas):
             raise ValueError(f"`alphas` has a repeated value: {self.alphas!r}.")
         if not (self.nu > 0 and math.isfinite(self.nu)):
@@ -139,8 +142,15 @@ def _problem(cfg: SensingSweepConfig, m: int, seed) -> TubalSensing:
     dtype = jnp.float64 if cfg.float64 else jnp.float32
     key = jax.random.fold_in(jax.random.key(0), seed)
     problem = TubalSensing.make(
-        cfg.n, cfg.k, cfg.rank, m, key=key, symmetric=cfg.symmetric, scale=cfg.scale,
-        noise=cfg.noise, dtype=dtype,
+        cfg.n,
+        cfg.k,
+        cfg.rank,
+        m,
+        key=key,
+        symmetric=cfg.symmetric,
+        scale=cfg.scale,
+        noise=cfg.noise,
+        dtype=dtype,
     )
     return problem.with_gram()
 
@@ -181,7 +191,11 @@ def _run_functions(cfg: SensingSweepConfig, width: int, m: int, grid: bool):
 
     def chunk_one(problem, state, steps):
         return advance(
-            problem, state, steps=steps, log_every=cfg.log_every, step_size=step_size,
+            problem,
+            state,
+            steps=steps,
+            log_every=cfg.log_every,
+            step_size=step_size,
             method="lifted",
         )
 
@@ -237,20 +251,19 @@ def _group_runner(cfg: SensingSweepConfig, store: RunStore, progress):
         start, chunks = _run_functions(cfg, width, m, grid is not None)
         runs = len(batch["seed"])
         members = hashlib.sha256(
-            repr(sorted(zip(batch["seed"].tolist(), batch["alpha"].tolist(), strict=True)))
-            .encode()
+            repr(sorted(zip(batch["seed"].tolist(), batch["alpha"].tolist(), strict=True))).encode()
         ).hexdigest()[:12]
         name = f"group-{run_id(group)}-{members}"
 
         state, first = map_runs(start, rows)
-        history = [jax.tree.map(lambda a: np.expand_dims(a, 2 if grid is not None else 1),
-                                first)]
+        history = [jax.tree.map(lambda a: np.expand_dims(a, 2 if grid is not None else 1), first)]
         done = 0
         saved = store.load_checkpoint(name)
         if saved is not None:
             done = int(saved["done"])
-            state = _unflatten_state(state, {k[6:]: v for k, v in saved.items()
-                                             if k.startswith("state.")})
+            state = _unflatten_state(
+                state, {k[6:]: v for k, v in saved.items() if k.startswith("state.")}
+            )
             history = [{k[5:]: v for k, v in saved.items() if k.startswith("hist.")}]
             progress.update(runs * done)
         while done < cfg.steps:
@@ -336,7 +349,10 @@ def run_sensing_sweep(
     disable = True if quiet else (None if quiet is None else False)
     t0 = time.perf_counter()
     with tqdm(
-        total=todo * cfg.steps, unit="step", unit_scale=True, disable=disable or not is_writer(),
+        total=todo * cfg.steps,
+        unit="step",
+        unit_scale=True,
+        disable=disable or not is_writer(),
         desc=f"{name}: {todo} of {len(settings)} runs to do",
     ) as progress:
         records = run_sweep(

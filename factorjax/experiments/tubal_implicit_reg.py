@@ -98,8 +98,7 @@ _QUICK: dict[str, dict[str, Any]] = {
     "tubal-fig2": {"seeds": 4},
     "tubal-fig3": {"seeds": 4, "widths": (10, 50, 200)},
     "tubal-fig4": {"seeds": 4},
-    "tubal-underdetermined": {"seeds": 4, "measurements": (120, 180),
-                              "alphas": (1.0, 1e-2, 1e-5)},
+    "tubal-underdetermined": {"seeds": 4, "measurements": (120, 180), "alphas": (1.0, 1e-2, 1e-5)},
 }
 
 
@@ -154,8 +153,7 @@ def _figure(nrows=1, ncols=1, **kw):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False,
-                             **kw)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, **kw)
     return plt, fig, axes[0]
 
 
@@ -372,12 +370,16 @@ class PaperConfig:
             raise ValueError(f"`seeds` must be an int >= 1; got {self.seeds!r}.")
 
     def sub_configs(self) -> dict[str, SensingSweepConfig]:
-        return {
-            name: get(name).make_config(quick=self.quick, float64=self.float64)
-            if self.quick
-            else get(name).make_config(seeds=self.seeds, float64=self.float64)
-            for name in self.figures
-        }
+        """The config of each figure: its default, or its ``--quick`` version (with at most
+        ``seeds`` seeds), in float64 or not."""
+        configs = {}
+        for name in self.figures:
+            exp = get(name)
+            seeds = (
+                min(self.seeds, exp.quick.get("seeds", self.seeds)) if self.quick else self.seeds
+            )
+            configs[name] = exp.make_config(quick=self.quick, seeds=seeds, float64=self.float64)
+        return configs
 
 
 def _run_paper(cfg: PaperConfig, out_dir: Path) -> None:

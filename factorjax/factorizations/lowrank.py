@@ -10,6 +10,7 @@ from jaxtyping import Float, PRNGKeyArray
 
 from factorjax import linalg
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
+from factorjax._lapack import after
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
 
@@ -39,7 +40,7 @@ def balanced_from_svd(U: Array, s: Array, Vh: Array) -> tuple[Array, Array]:
 def lowrank_svd(P: Array, Q: Array, rank: int) -> tuple[Array, Array, Array]:
     """Leading ``rank`` singular triplets of ``P Q^T`` without forming it (QR of both sides)."""
     Qp, Rp = jnp.linalg.qr(P)
-    Qq, Rq = jnp.linalg.qr(Q)
+    Qq, Rq = jnp.linalg.qr(after(Q, Rp))  # one QR after the other (factorjax._lapack)
     Uc, s, Vhc = jnp.linalg.svd(Rp @ Rq.T, full_matrices=False)
     return Qp @ Uc[:, :rank], s[:rank], Vhc[:rank] @ Qq.T
 

@@ -12,6 +12,7 @@ from jaxtyping import Float, PRNGKeyArray
 
 from factorjax import tubal
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
+from factorjax._lapack import after
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
 from factorjax.factorizations.lowrank import resolve_rank
@@ -30,7 +31,8 @@ def _map_slices(fn: Callable[..., tuple[Array, ...]], k: int, *hats: Array) -> t
     out_r = fn(*(jnp.real(h[..., real, :, :]) for h in hats))
     if not cplx:
         return tuple(o.astype(hats[0].dtype) for o in out_r)
-    out_c = fn(*(h[..., cplx, :, :] for h in hats))
+    # The complex slices after the real ones: `fn` may call LAPACK (factorjax._lapack).
+    out_c = fn(*(after(h[..., cplx, :, :], *out_r) for h in hats))
     perm = np.argsort(real + cplx)
     return tuple(
         jnp.concatenate([r.astype(c.dtype), c], axis=-3)[..., perm, :, :]
@@ -172,7 +174,7 @@ class TubalLowRank(AbstractFactorization):
 
         def step(uh, vh):
             qu, ru = jnp.linalg.qr(uh)
-            qv, rv = jnp.linalg.qr(vh)
+            qv, rv = jnp.linalg.qr(after(vh, ru))  # one QR after the other (factorjax._lapack)
             w, s, zh = jnp.linalg.svd(ru @ jnp.conj(jnp.swapaxes(rv, -1, -2)))
             root = jnp.sqrt(s[..., :rank])
             z = jnp.conj(jnp.swapaxes(zh[..., :rank, :], -1, -2))
