@@ -14,11 +14,13 @@ of the group keys, calls ``run_group`` once per group, and records every run of 
 moving to the next.
 
 Granularity of a restart. Runs are recorded group by group, in the order in which their groups
-first appear in ``settings``. A process killed at any moment loses at most the group in flight
-(its runs were computed but not yet all recorded); every run recorded before the kill is kept,
-and a restarted sweep redoes no finished run. A group interrupted part-way through recording is
-resumed with only its unrecorded runs, so a restart may call ``run_group`` with a smaller batch
-than the first start did.
+first appear in ``settings``. A process killed at any moment loses at most the part of the
+group in flight since its last checkpoint: ``run_group`` may checkpoint its own progress with
+`RunStore.save_checkpoint` (`factorjax.experiments.sensing_sweep` saves the training state
+every ``checkpoint_every`` steps, under a name derived from the group and its runs, and resumes
+from it). Every run recorded before the kill is kept, and a restarted sweep redoes no finished
+run. A group interrupted part-way through recording is resumed with only its unrecorded runs,
+so a restart may call ``run_group`` with a smaller batch than the first start did.
 
 Compilation. ``run_group`` is called once per group, with arrays whose leading size is the
 number of runs of the group still to do. Build the jitted function once per group shape and

@@ -237,8 +237,9 @@ def _unflatten_state(like: Any, arrays: dict[str, np.ndarray]) -> Any:
     return jax.tree.unflatten(treedef, [arrays[f"leaf{i}"] for i in range(len(leaves))])
 
 
-def _group_runner(cfg: SensingSweepConfig, store: RunStore, progress):
+def _group_runner(cfg: SensingSweepConfig, store: RunStore, progress, todo: int):
     """The ``run_group`` of `run_sweep` for this config."""
+    finished_runs = [0]
 
     def run_group(group: dict, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         width, m = group["width"], group["m"]
@@ -288,6 +289,8 @@ def _group_runner(cfg: SensingSweepConfig, store: RunStore, progress):
             out = {k: v.reshape(runs, *v.shape[2:]) for k, v in out.items()}
         if is_writer():
             store.clear_checkpoint(name)
+        finished_runs[0] += runs
+        progress.set_postfix_str(f"runs done {finished_runs[0]}/{todo}")
         return out
 
     return run_group
@@ -353,10 +356,10 @@ def run_sensing_sweep(
         unit="step",
         unit_scale=True,
         disable=disable or not is_writer(),
-        desc=f"{name}: {todo} of {len(settings)} runs to do",
+        desc=name,
     ) as progress:
         records = run_sweep(
-            store, settings, _group_runner(cfg, store, progress), group_keys=("width", "m")
+            store, settings, _group_runner(cfg, store, progress, todo), group_keys=("width", "m")
         )
     if is_writer() and todo:
         elapsed = time.perf_counter() - t0
