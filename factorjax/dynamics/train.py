@@ -307,8 +307,8 @@ def advance(
 
     Arguments are those of `train`. Cutting a run into pieces changes nothing: ``advance`` by
     ``a`` then by ``b`` steps gives the iterates and records of ``advance`` by ``a + b``, when
-    ``a`` and ``b`` are multiples of ``log_every``. (The ``"lifted"`` method restarts its
-    product ``P`` at each piece; in floating point its iterates then agree to rounding.)
+    ``a`` and ``b`` are multiples of ``log_every``. (The ``"lifted"`` method factors ``U = L * Q``
+    anew at each piece; in floating point its iterates then agree to rounding.)
 
     Returns:
         ``(state, history)``: ``history`` maps each name of `metrics` and ``step`` (the update
