@@ -68,33 +68,50 @@ def _env(devices: int) -> dict:
     return env
 
 
-def _start(args: dict, *, devices: int = 1, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(args)],
-        env=_env(devices),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
+def _start(args: dict, *, devices: int = 1) -> subprocess.Popen:
+    """Start a worker; its output goes to ``<result>.log`` (a file: a pipe could fill up)."""
+    with open(args["result"] + ".log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), json.dumps(args)],
+            env=_env(devices),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def _result(proc: subprocess.Popen, args: dict, output: str) -> dict:
-    assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{output[-4000:]}"
-    return json.loads(Path(args["result"]).read_text())
+def _wait(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> None:
+    """Wait for all ``procs``; kill them all when one fails or the time is up (a worker of a
+    distributed job whose partner died would wait for it forever)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _results(procs: list[subprocess.Popen], all_args: list[dict]) -> list[dict]:
+    """The findings of finished workers; the end of every failed one's log otherwise."""
+    failed = [
+        f"worker {i} failed ({p.returncode}):\n" + Path(a["result"] + ".log").read_text()[-3000:]
+        for i, (p, a) in enumerate(zip(procs, all_args, strict=True))
+        if p.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)
+    return [json.loads(Path(a["result"]).read_text()) for a in all_args]
 
 
 def _run(args: dict, *, devices: int = 1) -> dict:
     """Run a worker to completion; its findings."""
     proc = _start(args, devices=devices)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return _result(proc, args, output)
+    _wait([proc])
+    return _results([proc], [args])[0]
 
 
 def _sweep_args(out_dir: Path, **extra) -> dict:
@@ -120,7 +137,8 @@ def _close(got, want, rtol, what):
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, what
     assert got.dtype == want.dtype, what
-    scale = np.nanmax(np.abs(want), initial=0.0) if want.size else 0.0
+    finite = np.abs(want[np.isfinite(want)])
+    scale = finite.max() if finite.size else 0.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
@@ -201,9 +219,20 @@ def test_map_runs_on_8_devices_equals_the_plain_call(tmp_path):
 # --------------------------------------------------------------------------- sharded sweeps
 
 
-def test_sweep_on_8_devices_equals_one_device(tmp_path, reference):
+def test_sweep_on_8_devices_equals_one_device(tmp_path, request):
     out = tmp_path / "sweep"
-    found = _run(_sweep_args(out), devices=8)
+    args = _sweep_args(out)
+    proc = _start(args, devices=8)
+    # The reference, if not computed yet, is computed meanwhile (each sweep keeps about one
+    # core busy).
+    try:
+        reference = request.getfixturevalue("reference")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    _wait([proc])
+    found = _results([proc], [args])[0]
     assert found["local_device_count"] == 8
     assert found["counts"]["record"] == N_RUNS
     assert_same_sweep(out, reference)
@@ -224,17 +253,8 @@ def test_two_process_distributed_sweep_equals_one_process(tmp_path, reference):
         for i in range(2)
     ]
     procs = [_start(a, devices=1) for a in all_args]
-    outputs = []
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        for p in procs:
-            outputs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    found = [_result(p, a, o) for p, a, o in zip(procs, all_args, outputs, strict=True)]
+    _wait(procs)
+    found = _results(procs, all_args)
     assert [f["process_index"] for f in found] == [0, 1]
     assert all(f["process_count"] == 2 for f in found)
     # Both processes computed every chunk and got every record back ...
@@ -245,12 +265,8 @@ def test_two_process_distributed_sweep_equals_one_process(tmp_path, reference):
     assert found[0]["counts"]["record"] == N_RUNS
     assert found[0]["counts"]["write_config"] == 1
     assert found[0]["counts"]["save_checkpoint"] == len(CONFIG["widths"]) * (CHUNKS - 1)
-    assert found[1]["counts"] == {
-        **found[1]["counts"],
-        "record": 0,
-        "save_checkpoint": 0,
-        "write_config": 0,
-    }
+    for name in ("record", "save_checkpoint", "write_config"):
+        assert found[1]["counts"][name] == 0, name
     assert len(_lines(out / "runs.jsonl")) == N_RUNS
     assert_same_sweep(out, reference)
     assert _load(out)[0]["devices"]["process_count"] == 2
@@ -283,7 +299,8 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, reference):
     finally:
         if proc.poll() is None and killed_with is None:
             proc.kill()
-        output = proc.communicate(timeout=30)[0]
+        proc.wait()
+    output = Path(args["result"] + ".log").read_text()
     assert killed_with is not None, f"the sweep ended before it could be killed:\n{output}"
     assert proc.returncode == -signal.SIGKILL, output
     assert not Path(args["result"]).exists()  # it had not finished
@@ -347,7 +364,8 @@ def test_diverging_run_is_recorded_and_the_sweep_finishes(reference):
 def test_sweep_equals_its_runs_one_by_one(reference, x64):
     """Batching over seeds and alphas, the shared problem of a seed's alphas (the grid), the
     chunks and the checkpoints change nothing: each run of the sweep is `train` on
-    `_problem(cfg, m, seed)` from `_init(cfg, width, seed, alpha)`."""
+    `_problem(cfg, m, seed)` from `_init(cfg, width, seed, alpha)`, diverged runs included
+    (they diverge at the same step)."""
     cfg = ss.SensingSweepConfig(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in CONFIG.items()}
     )
@@ -367,7 +385,6 @@ def test_sweep_equals_its_runs_one_by_one(reference, x64):
         history = one(problem, model, cfg.step_size(rec["m"]))
         assert rec["status"] == ("diverged" if history["diverged"] else "ok")
         assert rec["diverged_at"] == int(history["diverged_at"])
-        assert rec["status"] == "ok"
         traj = trajectories[rid]
         assert set(traj) == set(history) - {"diverged", "diverged_at"}
         for name in traj:

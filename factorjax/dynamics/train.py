@@ -14,10 +14,11 @@ Two methods compute the same iterates:
 - ``"lifted"``: plain gradient descent on the symmetric tubal factorization ``X = U * U^T``
   (`SymmetricTubalLowRank`). Its update ``U <- U - mu (M + M^T) * U`` with ``M = grad L(X)`` is
   a left t-multiplication by a tensor that depends on ``X = U * U^T`` only. Writing
-  ``U_0 = L_0 * Q`` with ``L_0`` of shape ``(n, min(n, R), k)`` and ``Q`` with orthonormal rows, every
-  iterate is ``U_t = L_t * Q`` where ``L_t`` takes the same steps: a step costs the same for
-  any width ``R`` (the factors are rebuilt once, at the end). It reads the gradient through
-  `AbstractProblem.symmetric_grad`, which `TubalSensing.with_gram` makes cheap.
+  ``U_0 = L_0 * Q`` with ``L_0`` of shape ``(n, min(n, R), k)`` and ``Q`` with orthonormal
+  rows, every iterate is ``U_t = L_t * Q`` where ``L_t`` takes the same steps: a step costs
+  the same for any width ``R`` (the factors are rebuilt once, at the end). It reads the
+  gradient through `AbstractProblem.symmetric_grad`, which `TubalSensing.with_gram` makes
+  cheap.
 """
 
 from typing import Any

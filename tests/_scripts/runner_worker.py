@@ -15,8 +15,10 @@ interpreter imports jax. Every global jax setting is applied here, before anythi
 """
 
 import json
+import os
 import sys
 import time
+import traceback
 
 
 def _map_runs(args: dict) -> dict:
@@ -117,7 +119,15 @@ def _sweep(args: dict) -> dict:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    out = {"map_runs": _map_runs, "sweep": _sweep}[args["mode"]](args)
+    try:
+        out = {"map_runs": _map_runs, "sweep": _sweep}[args["mode"]](args)
+    except BaseException:
+        # Exit at once: a failed process of a distributed job would otherwise wait in the
+        # shutdown barrier for its partner, which itself waits for it in a collective.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     with open(args["result"], "w") as f:
         json.dump(out, f)
 
