@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import factorjax.experiments  # noqa: F401  (registers the experiments)
+from factorjax.dynamics.storage import ConfigMismatchError
 from factorjax.experiments._registry import Experiment, experiments
 
 __all__ = ["main", "parse_overrides"]
@@ -150,7 +151,10 @@ def _run(args: argparse.Namespace) -> None:
         _apply_float64(config.float64)
     out_dir = Path(args.out if args.out is not None else Path("runs") / experiment.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    experiment.run(config, out_dir)
+    try:
+        experiment.run(config, out_dir)
+    except ConfigMismatchError as e:
+        raise _UserError(f"{e} Use another --out folder, or the stored config.") from None
     print(f"results in {out_dir.resolve()}")
 
 

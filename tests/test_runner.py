@@ -469,12 +469,6 @@ def test_cli_run_with_a_changed_config_is_refused(cli_runs):
     assert snap3 == snap1  # nothing was written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the refusal of a changed config (RunStore.write_config's ValueError, raised "
-    "inside experiment.run) escapes cli._run: a traceback and exit status 1, not the one-line "
-    "'factorjax: error: ...' and status 2 of the other user errors",
-)
 def test_cli_changed_config_is_a_clean_user_error(cli_runs):
     _, (_, _, changed), _ = cli_runs
     assert changed.returncode == 2
@@ -482,12 +476,6 @@ def test_cli_changed_config_is_a_clean_user_error(cli_runs):
     assert "Traceback" not in changed.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: run_sensing_sweep(quiet=None) computes tqdm's disable as `None or not "
-    "is_writer()`, i.e. False on process 0, so the progress bar is drawn when stderr is not "
-    "a terminal (a pipe here), against its docstring",
-)
 def test_cli_draws_no_progress_bar_off_a_terminal(cli_runs):
     _, (first, _, _), _ = cli_runs
     assert first.returncode == 0

@@ -12,6 +12,7 @@ from factorjax.dynamics.problems import (
     TubalSensing,
 )
 from factorjax.dynamics.storage import (
+    ConfigMismatchError,
     RunStore,
     atomic_write_bytes,
     atomic_write_json,
@@ -30,6 +31,7 @@ from factorjax.dynamics.train import (
 
 __all__ = [
     "AbstractProblem",
+    "ConfigMismatchError",
     "MatrixCompletion",
     "MatrixSensing",
     "RunStore",

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ConfigMismatchError",
     "RunStore",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -58,6 +59,10 @@ _HASH_LEN = 12
 _SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.+-]+")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.=+~-]+")
+
+
+class ConfigMismatchError(ValueError):
+    """A run folder holds results of a different config than the one given."""
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -365,7 +370,7 @@ class RunStore:
                 f"{key}: stored {_short(a)}, given {_short(b)}" for key, a, b in diffs[:10]
             )
             more = f" (and {len(diffs) - 10} more)" if len(diffs) > 10 else ""
-            raise ValueError(
+            raise ConfigMismatchError(
                 f"{self.out_dir} holds a different sweep: its config.json differs at keys "
                 f"{[d[0] for d in diffs]} ({shown}{more}). Resuming with a changed config is "
                 "refused; use a new output folder, or list keys that may change in `volatile`."

@@ -349,13 +349,14 @@ def run_sensing_sweep(
     settings = cfg.settings()
     finished = store.finished()
     todo = sum(run_id(s) not in finished for s in settings)
-    disable = True if quiet else (None if quiet is None else False)
+    # tqdm's disable=None: shown on a terminal only.
+    disable = True if quiet or not is_writer() else (None if quiet is None else False)
     t0 = time.perf_counter()
     with tqdm(
         total=todo * cfg.steps,
         unit="step",
         unit_scale=True,
-        disable=disable or not is_writer(),
+        disable=disable,
         desc=name,
     ) as progress:
         records = run_sweep(
