@@ -52,6 +52,7 @@ and sets no other JAX configuration and no XLA flags.
 
 import argparse
 import contextlib
+import faulthandler
 import functools
 import importlib.metadata
 import io
@@ -283,7 +284,7 @@ def part_sweep(configs):
     times, finals = [], {}
     with OtherLoad() as load:
         for attempt in range(2):
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory(prefix="tubal_dynamics_") as tmp:
                 t0 = time.perf_counter()
                 for name, cfg in configs.items():
                     # The sweep prints one line per experiment (quiet only silences the bar).
@@ -320,18 +321,19 @@ def _version(package):
 
 
 def machine():
-    cpu = platform.processor() or "unknown CPU"
+    model = "?"
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    cpu = f"{cpu} ({line.split(':', 1)[1].strip()})"
+                    model = line.split(":", 1)[1].strip()
                     break
     except OSError:
         pass
     return {
         "platform": platform.platform(),
-        "processor": cpu,
+        "processor": platform.processor(),
+        "cpu_model": model,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -360,8 +362,18 @@ def main(argv=None):
         choices=("single", "vmap", "sweep"),
         help="leave out a part (repeatable)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="print every thread's traceback and exit if the script runs longer (default 1800)",
+    )
     args = p.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # before anything is traced
+    # A watchdog: a computation that never completes (seen in the sweep, see the README) ends the
+    # script with the tracebacks instead of stalling it.
+    faulthandler.dump_traceback_later(args.timeout, exit=True)
 
     from factorjax.experiments.tubal_implicit_reg import Fig3Config, Fig4Config
 
@@ -379,7 +391,10 @@ def main(argv=None):
         sweep = {"tubal-fig3": Fig3Config(), "tubal-fig4": Fig4Config()}
 
     info = machine()
-    print(f"machine: {info['platform']}; {info['processor']}; os.cpu_count() = {info['cpu_count']}")
+    print(
+        f"machine: {info['platform']}; platform.processor() = {info['processor']!r} "
+        f"({info['cpu_model']}); os.cpu_count() = {info['cpu_count']}"
+    )
     print(
         f"python {info['python']}, jax {info['jax']}, jaxlib {info['jaxlib']}, numpy "
         f"{info['numpy']}; devices: {', '.join(info['devices'])}"
@@ -466,6 +481,7 @@ def main(argv=None):
             f"{_verdict(c['second_s'] <= TARGETS['sweep_s'])}\n"
         )
 
+    faulthandler.cancel_dump_traceback_later()
     if args.quick:
         print("--quick: fewer steps and seeds; the targets are for the full run.")
     if args.json:

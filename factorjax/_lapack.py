@@ -1,25 +1,64 @@
-"""Ordering LAPACK calls in one compiled program.
+"""Matrix factorizations that cannot deadlock jax 0.10's CPU runtime.
 
-The CPU runtime of jax 0.10 runs independent operations of a program concurrently, and two
-LAPACK QR factorizations running at once can deadlock it (seen with batches of a few tall
-matrices, e.g. ``(40, 400, 10)``; jax 0.12 is not affected). `after` gives an operand a data
-dependency on earlier results, so that the QR that consumes it starts only once they exist.
+jaxlib's CPU LAPACK kernels split a batch of matrices into tasks on the runtime's intra-op
+thread pool and block until they finish. In jax 0.10 the runtime also runs independent
+operations of one program concurrently on that pool, so when as many batched factorizations
+run at once as the pool has threads (two on a 2-core machine: an ``eigh`` beside an ``svd`` in
+a vmapped sweep), every thread blocks and the program hangs. jax 0.12 is not affected.
+
+`svd`, `eigh` and `qr` here equal their ``jnp.linalg`` namesakes. On the CPU backend with jax
+older than 0.12 they factor one matrix at a time (a ``lax.map`` over the batch, and
+sequentially under ``jax.vmap``), so no kernel ever blocks on the pool; elsewhere they are the
+``jnp.linalg`` functions themselves. The matrices of factorjax's metrics and factorizations are
+small, and the loop costs a few microseconds per matrix. Derivatives (``jax.jvp``,
+``jax.grad``) are computed as ``jnp.linalg`` computes them, batch at once.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
-from jax import Array
 
-__all__ = ["after"]
+__all__ = ["eigh", "qr", "svd"]
+
+_AFFECTED = jax.__version_info__ < (0, 12)
 
 
-def after(x: Array, *deps: Array) -> Array:
-    """``x`` unchanged in value, but computed after every array of ``deps``.
+def _one_at_a_time(fn):
+    """``fn`` on a stack ``(..., m, n)``, looping over the matrices where the runtime needs it."""
 
-    Adds ``0 * (first entry of each dep)``: XLA does not fold a floating-point ``0 * y`` (it is
-    NaN for infinite ``y``), so the dependency survives compilation. A non-finite first entry
-    would make ``x`` NaN; the factors passed here (``R`` of a QR of finite data) are finite.
-    """
-    if not deps:
-        return x
-    z = sum(jnp.real(jnp.ravel(d)[0]) for d in deps) * 0
-    return x + z.astype(x.dtype)
+    def looped(x):
+        lead = x.shape[:-2]
+        flat = x.reshape(-1, *x.shape[-2:])
+        out = jax.lax.map(fn, flat)
+        return jax.tree.map(lambda o: o.reshape(*lead, *o.shape[1:]), out)
+
+    sequential = jax.custom_jvp(jax.custom_batching.sequential_vmap(looped))
+    # Derivatives are those of `fn` (custom_vmap alone has no reverse mode); the tangent
+    # computation factors the batch at once, as jnp.linalg does.
+    sequential.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
+
+    @functools.wraps(fn)
+    def wrapper(x):
+        if _AFFECTED and jax.default_backend() == "cpu":
+            return sequential(x)
+        return fn(x)
+
+    return wrapper
+
+
+def svd(x, *, full_matrices: bool = True, compute_uv: bool = True):
+    """`jnp.linalg.svd` (see the module docstring)."""
+    return _one_at_a_time(
+        functools.partial(jnp.linalg.svd, full_matrices=full_matrices, compute_uv=compute_uv)
+    )(x)
+
+
+def eigh(x):
+    """`jnp.linalg.eigh` (see the module docstring)."""
+    return _one_at_a_time(jnp.linalg.eigh)(x)
+
+
+def qr(x, *, mode: str = "reduced"):
+    """`jnp.linalg.qr` (see the module docstring)."""
+    return _one_at_a_time(functools.partial(jnp.linalg.qr, mode=mode))(x)

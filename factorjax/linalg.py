@@ -16,7 +16,7 @@ from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float
 
-from factorjax import tubal
+from factorjax import _lapack, tubal
 from factorjax._checks import as_real_array, check_rank, check_tolerance, describe
 
 # Scalar arguments validated by `factorjax._checks` (ranks, sizes, tolerances, scales, the
@@ -50,7 +50,7 @@ def singular_values(W: ArrayLike) -> Float[Array, "*batch r"]:
     Returns:
         Array of shape ``(..., min(m, n))``.
     """
-    return jnp.linalg.svd(_as_matrix("W", W), compute_uv=False)
+    return _lapack.svd(_as_matrix("W", W), compute_uv=False)
 
 
 def truncated_svd(
@@ -68,7 +68,7 @@ def truncated_svd(
     """
     W = _as_matrix("W", W)
     r = min(W.shape[-2:]) if rank is None else check_rank("rank", rank, min(W.shape[-2:]))
-    U, s, Vh = jnp.linalg.svd(W, full_matrices=False)
+    U, s, Vh = _lapack.svd(W, full_matrices=False)
     return U[..., :r], s[..., :r], Vh[..., :r, :]
 
 
@@ -144,7 +144,7 @@ def _stable_rank_of(s: Array) -> Array:
 
 
 def _orthonormal_basis(X: Array) -> Array:
-    return jnp.linalg.qr(X, mode="reduced")[0]
+    return _lapack.qr(X, mode="reduced")[0]
 
 
 def _angles_between(Qa: Array, Qb: Array) -> Array:
@@ -154,8 +154,8 @@ def _angles_between(Qa: Array, Qb: Array) -> Array:
     that angles near 0 are accurate.
     """
     M = jnp.conj(jnp.swapaxes(Qa, -1, -2)) @ Qb  # (p, q)
-    cos = jnp.linalg.svd(M, compute_uv=False)  # descending
-    sin = jnp.linalg.svd(Qb - Qa @ M, compute_uv=False)  # descending
+    cos = _lapack.svd(M, compute_uv=False)  # descending
+    sin = _lapack.svd(Qb - Qa @ M, compute_uv=False)  # descending
     sin = jnp.flip(sin, axis=-1)  # ascending: pairs with descending cosines
     return jnp.arctan2(jnp.clip(sin, 0.0, 1.0), jnp.clip(cos, 0.0, 1.0))
 

@@ -36,6 +36,7 @@ from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Complex, Float, Int
 
+from factorjax import _lapack
 from factorjax._checks import as_real_array, check_choice, check_rank, check_tolerance, describe
 
 # Scalar arguments that this module validates itself (`k`, `n`, `rank`, `rtol`, `normalization`)
@@ -334,10 +335,10 @@ def _fourier_svd(a_hat: Array, k: int) -> tuple[Array, Array, Array]:
     c = _num_complex(k)
     real = jnp.real(jnp.concatenate([a_hat[..., :1, :, :], a_hat[..., c + 1 :, :, :]], axis=-3))
     if not c:
-        u, s, vh = jnp.linalg.svd(real, full_matrices=False)
+        u, s, vh = _lapack.svd(real, full_matrices=False)
         return u.astype(a_hat.dtype), s, vh.astype(a_hat.dtype)
-    u_c, s_c, vh_c = jnp.linalg.svd(a_hat[..., 1 : c + 1, :, :], full_matrices=False)
-    u_r, s_r, vh_r = jnp.linalg.svd(real, full_matrices=False)
+    u_c, s_c, vh_c = _lapack.svd(a_hat[..., 1 : c + 1, :, :], full_matrices=False)
+    u_r, s_r, vh_r = _lapack.svd(real, full_matrices=False)
 
     def merge(r, x, axis):  # slice 0 real, slices 1..c complex, then Nyquist real (even k)
         r = r.astype(x.dtype)
@@ -402,7 +403,7 @@ def fourier_singular_values(A: ArrayLike, *, full: bool = False) -> Float[Array,
     """
     A = as_real_array("A", A, min_ndim=3)
     k = A.shape[-1]
-    s = jnp.linalg.svd(to_fourier(A), compute_uv=False)
+    s = _lapack.svd(to_fourier(A), compute_uv=False)
     if full:
         s = jnp.concatenate([s, jnp.flip(s[..., 1 : (k + 1) // 2, :], axis=-2)], axis=-2)
     return s

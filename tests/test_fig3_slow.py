@@ -10,9 +10,12 @@ and the gradient ``(M + M^T) * U`` with ``M = sum_j res_j A_j`` applied to ``U``
 same problem data and initial factor.
 
 The test error falls through 1e-1, 1e-2 and 1e-4 within the 4000 steps (the sharp drops of the
-figure); the iterations at which it first does, on the grid of recorded steps, must be the same
-for both implementations, run by run, and the final test errors must agree to 1e-6 relative. In
-float64 the two agree to about 1e-9 relative over the whole trajectory.
+figure) in seed 0 at both widths; seeds 1 and 2 fall through 1e-1 and 1e-2 and then stall
+between 1e-4 and 1e-3 (still there after 8000 steps), in both implementations. The iterations at
+which the test error first crosses each level, on the grid of recorded steps, must be the same
+for both implementations, run by run ("never" included), every level must be crossed by some
+run of each width, and the final test errors must agree to 1e-6 relative. In float64 the two
+agree to about 1e-9 relative over the whole trajectory.
 """
 
 import math
@@ -111,6 +114,7 @@ def test_reduced_fig3_against_numpy(tmp_path, x64):
     records = run_sensing_sweep("tubal-fig3", cfg, tmp_path, quiet=True)
     assert len(records) == len(WIDTHS) * SEEDS
     store = RunStore(tmp_path)
+    reached = {}
 
     for record in records:
         width, m, alpha, seed = (record[key] for key in ("width", "m", "alpha", "seed"))
@@ -122,6 +126,7 @@ def test_reduced_fig3_against_numpy(tmp_path, x64):
 
         problem = sensing_sweep._problem(cfg, m, seed)
         model = sensing_sweep._init(cfg, width, seed, alpha)
+        assert problem.G.dtype == model.u.dtype == np.float64, where
         G, y, truth, U0 = (
             np.asarray(a, np.float64) for a in (problem.G, problem.y, problem.ground_truth, model.u)
         )
@@ -130,7 +135,13 @@ def test_reduced_fig3_against_numpy(tmp_path, x64):
 
         for level in LEVELS:
             got, want = crossing(steps, ours, level), crossing(steps, reference, level)
-            assert not math.isnan(want), f"{where}: NumPy never reaches {level:g}"
-            assert got == want, f"{where}: test error {level:g} at {got} against NumPy {want}"
+            assert got == want or (math.isnan(got) and math.isnan(want)), (
+                f"{where}: test error {level:g} first at step {got}, NumPy at {want}"
+            )
+            reached.setdefault(width, set()).update([level] if not math.isnan(want) else [])
         np.testing.assert_allclose(ours[-1], reference[-1], rtol=1e-6, err_msg=where)
+        np.testing.assert_allclose(ours, reference, rtol=1e-6, err_msg=where)  # ~1e-9 seen
         np.testing.assert_allclose(record["final"]["test_error"], ours[-1], rtol=0, atol=0)
+
+    # The figure's drops: every level is reached within the steps by some run of each width.
+    assert reached == {width: set(LEVELS) for width in WIDTHS}

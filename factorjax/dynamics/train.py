@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from factorjax import tubal
+from factorjax import _lapack, tubal
 from factorjax._checks import check_choice, check_positive_int
 from factorjax.dynamics.problems import AbstractProblem
 from factorjax.factorizations import AbstractFactorization, SymmetricTubalLowRank
@@ -54,7 +54,7 @@ def top_subspace(X: Array, r: int) -> Array:
     every slice of the half spectrum, ``(k // 2 + 1, n1, r)`` (complex).
     """
     M = tubal.to_fourier(X) if X.ndim == 3 else X
-    return jnp.linalg.svd(M, full_matrices=False)[0][..., :r]
+    return _lapack.svd(M, full_matrices=False)[0][..., :r]
 
 
 def _sin_largest_angle(Qa: Array, Qb: Array) -> Array:
@@ -62,7 +62,7 @@ def _sin_largest_angle(Qa: Array, Qb: Array) -> Array:
     maximised over any leading (Fourier slice) axis: ``max ||(I - Qa Qa^H) Qb||_2``, accurate
     for small angles as well as large."""
     resid = Qb - Qa @ (jnp.conj(jnp.swapaxes(Qa, -1, -2)) @ Qb)
-    return jnp.clip(jnp.max(jnp.linalg.svd(resid, compute_uv=False)), 0.0, 1.0)
+    return jnp.clip(jnp.max(_lapack.svd(resid, compute_uv=False)), 0.0, 1.0)
 
 
 def top_eigen_subspace(M: Array, r: int) -> Array:
@@ -71,7 +71,7 @@ def top_eigen_subspace(M: Array, r: int) -> Array:
     for a tubal tensor ``(n, n, k)``."""
     H = tubal.to_fourier(M) if M.ndim == 3 else M
     H = 0.5 * (H + jnp.conj(jnp.swapaxes(H, -1, -2)))
-    return jnp.linalg.eigh(H)[1][..., ::-1][..., :r]
+    return _lapack.eigh(H)[1][..., ::-1][..., :r]
 
 
 def reference_bases(problem: AbstractProblem) -> tuple[Array, Array]:
@@ -113,7 +113,7 @@ def metrics(
     spectral, truth = reference_bases(problem) if bases is None else bases
     # One SVD of X (of its Fourier slices) gives the singular values, the rank and the top-r
     # subspace.
-    U, sv, _ = jnp.linalg.svd(tubal.to_fourier(X) if X.ndim == 3 else X, full_matrices=False)
+    U, sv, _ = _lapack.svd(tubal.to_fourier(X) if X.ndim == 3 else X, full_matrices=False)
     Q = U[..., :r]
     top = jnp.max(sv)
     counts = jnp.sum(sv > rank_rtol * top, axis=-1)
@@ -237,7 +237,7 @@ def _lq(u: Array) -> tuple[Array, Array]:
     k = u.shape[-1]
 
     def step(uh):
-        q, r = jnp.linalg.qr(jnp.conj(jnp.swapaxes(uh, -1, -2)))
+        q, r = _lapack.qr(jnp.conj(jnp.swapaxes(uh, -1, -2)))
         return jnp.conj(jnp.swapaxes(r, -1, -2)), jnp.conj(jnp.swapaxes(q, -1, -2))
 
     l_hat, q_hat = _map_slices(step, k, tubal.to_fourier(u))

@@ -9,6 +9,7 @@ from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
+from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
@@ -147,7 +148,7 @@ class DeepLowRank(AbstractFactorization):
         if w.ndim != 2:
             raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
         depth = check_positive_int("depth", depth)
-        U, s, Vh = jnp.linalg.svd(w, full_matrices=False)
+        U, s, Vh = _lapack.svd(w, full_matrices=False)
         r = resolve_rank(rank, rtol, s, min(w.shape))
         return cls(_balanced(U[:, :r], s[:r], Vh[:r], depth))
 
@@ -183,7 +184,7 @@ class DeepLowRank(AbstractFactorization):
         """
         rank = check_rank("rank", rank, min(self.rank, *self.shape))
         if self.depth == 1:
-            U, s, Vh = jnp.linalg.svd(self.factors[0], full_matrices=False)
+            U, s, Vh = _lapack.svd(self.factors[0], full_matrices=False)
             return DeepLowRank(_balanced(U[:, :rank], s[:rank], Vh[:rank], 1))
         P = self.factors[-1]
         Qt = _chain(self.factors[-2::-1])

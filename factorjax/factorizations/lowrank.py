@@ -8,9 +8,8 @@ from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
-from factorjax import linalg
+from factorjax import _lapack, linalg
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
-from factorjax._lapack import after
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
 
@@ -39,9 +38,9 @@ def balanced_from_svd(U: Array, s: Array, Vh: Array) -> tuple[Array, Array]:
 
 def lowrank_svd(P: Array, Q: Array, rank: int) -> tuple[Array, Array, Array]:
     """Leading ``rank`` singular triplets of ``P Q^T`` without forming it (QR of both sides)."""
-    Qp, Rp = jnp.linalg.qr(P)
-    Qq, Rq = jnp.linalg.qr(after(Q, Rp))  # one QR after the other (factorjax._lapack)
-    Uc, s, Vhc = jnp.linalg.svd(Rp @ Rq.T, full_matrices=False)
+    Qp, Rp = _lapack.qr(P)
+    Qq, Rq = _lapack.qr(Q)
+    Uc, s, Vhc = _lapack.svd(Rp @ Rq.T, full_matrices=False)
     return Qp @ Uc[:, :rank], s[:rank], Vhc[:rank] @ Qq.T
 
 
@@ -131,7 +130,7 @@ class LowRank(AbstractFactorization):
         w = as_real_array("w", w)
         if w.ndim != 2:
             raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
-        U, s, Vh = jnp.linalg.svd(w, full_matrices=False)
+        U, s, Vh = _lapack.svd(w, full_matrices=False)
         r = resolve_rank(rank, rtol, s, min(w.shape))
         return cls(*balanced_from_svd(U[:, :r], s[:r], Vh[:r]))
 

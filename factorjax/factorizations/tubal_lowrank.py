@@ -10,9 +10,8 @@ from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
-from factorjax import tubal
+from factorjax import _lapack, tubal
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
-from factorjax._lapack import after
 from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
 from factorjax.factorizations.lowrank import resolve_rank
@@ -31,8 +30,7 @@ def _map_slices(fn: Callable[..., tuple[Array, ...]], k: int, *hats: Array) -> t
     out_r = fn(*(jnp.real(h[..., real, :, :]) for h in hats))
     if not cplx:
         return tuple(o.astype(hats[0].dtype) for o in out_r)
-    # The complex slices after the real ones: `fn` may call LAPACK (factorjax._lapack).
-    out_c = fn(*(after(h[..., cplx, :, :], *out_r) for h in hats))
+    out_c = fn(*(h[..., cplx, :, :] for h in hats))
     perm = np.argsort(real + cplx)
     return tuple(
         jnp.concatenate([r.astype(c.dtype), c], axis=-3)[..., perm, :, :]
@@ -173,9 +171,9 @@ class TubalLowRank(AbstractFactorization):
         k = self.shape[2]
 
         def step(uh, vh):
-            qu, ru = jnp.linalg.qr(uh)
-            qv, rv = jnp.linalg.qr(after(vh, ru))  # one QR after the other (factorjax._lapack)
-            w, s, zh = jnp.linalg.svd(ru @ jnp.conj(jnp.swapaxes(rv, -1, -2)))
+            qu, ru = _lapack.qr(uh)
+            qv, rv = _lapack.qr(vh)
+            w, s, zh = _lapack.svd(ru @ jnp.conj(jnp.swapaxes(rv, -1, -2)))
             root = jnp.sqrt(s[..., :rank])
             z = jnp.conj(jnp.swapaxes(zh[..., :rank, :], -1, -2))
             return _sqrt_split(qu @ w[..., :rank], root), _sqrt_split(qv @ z, root)
@@ -267,7 +265,7 @@ class SymmetricTubalLowRank(AbstractFactorization):
         sym = (x + tubal.ttranspose(x)) / 2
 
         def step(h):
-            lam, q = jnp.linalg.eigh(h)
+            lam, q = _lapack.eigh(h)
             return (jnp.flip(q, axis=-1), jnp.flip(lam, axis=-1)[..., None, :])
 
         q_hat, lam = _map_slices(step, k, tubal.to_fourier(sym))
@@ -294,8 +292,8 @@ class SymmetricTubalLowRank(AbstractFactorization):
         k = self.shape[2]
 
         def step(uh):
-            q, r = jnp.linalg.qr(uh)
-            w, s, _ = jnp.linalg.svd(r)
+            q, r = _lapack.qr(uh)
+            w, s, _ = _lapack.svd(r)
             return (_sqrt_split(q @ w[..., :rank], s[..., :rank]),)
 
         (u_hat,) = _map_slices(step, k, tubal.to_fourier(self.u))
