@@ -9,9 +9,13 @@ Gaussian measurements ``A_j = (G_j + G_j^T) / sqrt(m)``, ``alpha = 1e-7``, 4000 
 
 Run from the repository root:
 
-    python benchmarks/tubal_dynamics.py                  # everything (a few minutes on 2 cores)
+    python benchmarks/tubal_dynamics.py                  # everything (about 3 minutes on 2 cores)
     python benchmarks/tubal_dynamics.py --quick          # 400 steps, fewer seeds: a smoke test
     python benchmarks/tubal_dynamics.py --json out.json  # also save the numbers
+    python benchmarks/tubal_dynamics.py --skip sweep     # leave out a part (single, vmap, sweep)
+
+``--timeout S`` (default 1800 s) is a watchdog: past it every thread's traceback is printed and
+the script exits (a sweep has been seen to stall for good, every XLA thread idle).
 
 Three measurements, in one process:
 
