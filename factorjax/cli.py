@@ -127,8 +127,9 @@ def _apply_float64(enabled: Any) -> None:
 
 def _list(args: argparse.Namespace) -> None:
     if args.name is None:
+        width = max((len(name) for name in experiments()), default=0)
         for name, experiment in experiments().items():
-            print(f"{name}  {experiment.summary}")
+            print(f"{name:<{width}}  {experiment.summary}")
         return
     experiment = _lookup(args.name)
     print(f"{experiment.name}: {experiment.summary}")
