@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import types
@@ -125,6 +126,32 @@ def _apply_float64(enabled: Any) -> None:
     jax.config.update("jax_enable_x64", bool(enabled))
 
 
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _apply_cpu_devices(count: int | None) -> None:
+    """Present the host's cores as ``count`` XLA CPU devices (default: one per core), so that
+    the runner's sweeps (`factorjax.dynamics.map_runs`) split their runs over all of them. A
+    device count the user set (``XLA_FLAGS=--xla_force_host_platform_device_count``,
+    ``JAX_NUM_CPU_DEVICES``) stands; so does a backend that is already running."""
+    import jax  # lazily: before anything is traced
+
+    if count is None:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+            return
+        if os.environ.get("JAX_NUM_CPU_DEVICES"):
+            return
+        count = _cpu_count()
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the CPU backend is already initialised (factorjax.cli.main in-process)
+        pass
+
+
 def _list(args: argparse.Namespace) -> None:
     if args.name is None:
         width = max((len(name) for name in experiments()), default=0)
@@ -150,6 +177,7 @@ def _run(args: argparse.Namespace) -> None:
         raise _UserError(f"{experiment.name}: {e}") from None
     if any(f.name == "float64" for f in dataclasses.fields(config)):
         _apply_float64(config.float64)
+    _apply_cpu_devices(args.cpu_devices)
     out_dir = Path(args.out if args.out is not None else Path("runs") / experiment.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -176,6 +204,16 @@ def _plot(args: argparse.Namespace) -> None:
         print(png)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factorjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +231,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field (see `factorjax list NAME`); repeatable",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=_positive_int,
+        metavar="N",
+        help="split the CPU into N devices that share the runs (default: one per core, unless "
+        "XLA_FLAGS or JAX_NUM_CPU_DEVICES sets a count)",
     )
     p.set_defaults(func=_run)
     p = sub.add_parser("plot", help="(re)draw the figures of a run folder")

@@ -6,6 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+# The tests check algorithms against references written from their definitions, to float32 or
+# float64 rounding. On GPUs JAX's default float32 matmul precision is TF32 (about 1e-3
+# relative), a speed choice that is the user's to make (`jax_default_matmul_precision`), not
+# the library's: the tests run at full precision on every backend. (No effect on CPU.)
+jax.config.update("jax_default_matmul_precision", "highest")
+
 
 @pytest.fixture
 def rng(request):

@@ -4,6 +4,7 @@ from __future__ import annotations  # the config's annotations are strings: get_
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -308,3 +309,54 @@ def test_python_dash_m():
     )
     assert result.returncode == 2
     assert result.stderr.startswith("factorjax: error: no experiment named 'no-such-thing'")
+
+
+_DEVICES_SCRIPT = """
+import dataclasses, json, sys
+import jax
+from factorjax import cli
+from factorjax.experiments import Experiment, register
+
+@dataclasses.dataclass(frozen=True)
+class C:
+    steps: int = 1
+
+def run(config, out_dir):
+    (out_dir / "devices.json").write_text(json.dumps(jax.local_device_count()))
+
+register(Experiment("devices-toy", "records the local device count", C, {}, run, None))
+sys.exit(cli.main(["run", "devices-toy", "--out", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--cpu-devices", "3"], {}, 3),
+        ([], {}, "cores"),
+        ([], {"XLA_FLAGS": "--xla_force_host_platform_device_count=5"}, 5),
+    ],
+)
+def test_run_splits_the_cpu_into_devices(tmp_path, args, env, expected):
+    """`factorjax run` presents the cores as devices (the sweeps shard over them), unless told
+    a count, by --cpu-devices or by the environment."""
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    result = subprocess.run(
+        [sys.executable, "-c", _DEVICES_SCRIPT, str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, "JAX_PLATFORMS": "cpu", **env},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    if expected == "cores":
+        expected = len(os.sched_getaffinity(0))
+    assert json.loads((tmp_path / "devices.json").read_text()) == expected
+
+
+def test_cpu_devices_refuses_non_positive(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", NAME, "--cpu-devices", "0"])
+    assert info.value.code == 2
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err

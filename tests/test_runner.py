@@ -214,6 +214,7 @@ def test_map_runs_on_8_devices_equals_the_plain_call(tmp_path):
         assert case["shapes"][0][0] == case["size"], case  # padding rows dropped
         assert case["numpy"], case
         assert case["max_abs_diff"] <= 1e-6, case
+    assert found["scan_from_constant_max_abs_diff"] <= 1e-6
 
 
 # --------------------------------------------------------------------------- sharded sweeps
