@@ -63,11 +63,9 @@ import argparse
 import contextlib
 import faulthandler
 import functools
-import importlib.metadata
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -76,12 +74,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import OtherLoad, _load, _ready, machine, time_rounds
+
 N, K, RANK, M = 10, 4, 3, 285
 WIDTH, ALPHA, NU = 200, 1e-7, 1e-5
 STEPS, LOG_EVERY = 4000, 40
 SEEDS = 20
 ROUNDS = 3
-PAUSE_S = 0.3
 AGREE_RTOL = 1e-8
 TARGETS = {"numpy_over_factorjax": 30.0, "vmap_per_run_over_single": 0.5, "sweep_s": 90.0}
 
@@ -132,52 +132,6 @@ def numpy_run(G, y, truth, U0, step_size, steps, log_every):
 # ---------------------------------------------------------------------------------------------
 # Timing helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _busy_seconds():
-    """(CPU seconds used by the whole machine, by this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:]]
-        t = os.times()
-        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), t.user + t.system
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class OtherLoad:
-    """Context manager: how many cores other processes kept busy meanwhile (``.cores``)."""
-
-    def __enter__(self):
-        self.t0, self.before, self.cores = time.perf_counter(), _busy_seconds(), None
-        return self
-
-    def __exit__(self, *exc):
-        after, wall = _busy_seconds(), time.perf_counter() - self.t0
-        if self.before is not None and after is not None and wall > 0:
-            mine = after[1] - self.before[1]
-            self.cores = max(0.0, (after[0] - self.before[0]) - mine) / wall
-        return False
-
-
-def _load(cores):
-    return "n/a" if cores is None else f"{cores:.2f} cores"
-
-
-def _ready(out):
-    return jax.block_until_ready(out)
-
-
-def time_rounds(fns, rounds):
-    """Best time of each ``name: thunk`` over interleaved rounds (reversed every other one)."""
-    times = {name: [] for name in fns}
-    for i in range(rounds):
-        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            _ready(fns[name]())
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(v) for name, v in times.items()}, times
 
 
 def compile_timed(fn, *args):
@@ -331,36 +285,6 @@ def part_sweep(configs):
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
-
-
-def _version(package):
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": _version("jaxlib"),
-        "numpy": np.__version__,
-        "devices": [str(d) for d in jax.devices()],
-    }
 
 
 def _verdict(ok):

@@ -37,6 +37,9 @@ def _one_at_a_time(fn):
     # Derivatives are those of `fn` (custom_vmap alone has no reverse mode); the tangent
     # computation factors the batch at once, as jnp.linalg does.
     sequential.defjvp(lambda primals, tangents: jax.jvp(fn, primals, tangents))
+    # Jitted so that an eager call compiles once per shape (the loop would otherwise be traced
+    # and compiled again at every call); under an outer jit it is inlined.
+    sequential = jax.jit(sequential)
 
     @functools.wraps(fn)
     def wrapper(x):
@@ -47,18 +50,33 @@ def _one_at_a_time(fn):
     return wrapper
 
 
-def svd(x, *, full_matrices: bool = True, compute_uv: bool = True):
-    """`jnp.linalg.svd` (see the module docstring)."""
+# One wrapper per option set, built once: a fresh wrapper per call would make every eager call
+# trace and compile anew (about a second per factorization on jax 0.10's CPU).
+@functools.cache
+def _svd(full_matrices: bool, compute_uv: bool):
     return _one_at_a_time(
         functools.partial(jnp.linalg.svd, full_matrices=full_matrices, compute_uv=compute_uv)
-    )(x)
+    )
+
+
+@functools.cache
+def _qr(mode: str):
+    return _one_at_a_time(functools.partial(jnp.linalg.qr, mode=mode))
+
+
+_eigh = _one_at_a_time(jnp.linalg.eigh)
+
+
+def svd(x, *, full_matrices: bool = True, compute_uv: bool = True):
+    """`jnp.linalg.svd` (see the module docstring)."""
+    return _svd(bool(full_matrices), bool(compute_uv))(x)
 
 
 def eigh(x):
     """`jnp.linalg.eigh` (see the module docstring)."""
-    return _one_at_a_time(jnp.linalg.eigh)(x)
+    return _eigh(x)
 
 
 def qr(x, *, mode: str = "reduced"):
     """`jnp.linalg.qr` (see the module docstring)."""
-    return _one_at_a_time(functools.partial(jnp.linalg.qr, mode=mode))(x)
+    return _qr(mode)(x)

@@ -1,14 +1,35 @@
-"""Factorization formats: one final `eqx.Module` per format under one abstract base."""
+"""Factorization formats: one final `eqx.Module` per format under one abstract base.
+
+Formats that represent a matrix ``(d_out, d_in)`` are `AbstractOperator`s: they apply to a
+batch of inputs along the contraction order their planner picks (`AbstractOperator.plan`).
+"""
 
 from factorjax.factorizations._base import AbstractFactorization
+from factorjax.factorizations._operator import AbstractOperator, Order, Plan
+from factorjax.factorizations._tensorize import balanced_modes
+from factorjax.factorizations.cp import CP
 from factorjax.factorizations.deep_lowrank import DeepLowRank
+from factorjax.factorizations.kronecker import Kronecker
 from factorjax.factorizations.lowrank import LowRank
+from factorjax.factorizations.tensor_ring import TensorRing
+from factorjax.factorizations.tensor_train import TensorTrain, TTMatrix
 from factorjax.factorizations.tubal_lowrank import SymmetricTubalLowRank, TubalLowRank
+from factorjax.factorizations.tucker import Tucker
 
 __all__ = [
+    "CP",
     "AbstractFactorization",
+    "AbstractOperator",
     "DeepLowRank",
+    "Kronecker",
     "LowRank",
+    "Order",
+    "Plan",
     "SymmetricTubalLowRank",
+    "TTMatrix",
+    "TensorRing",
+    "TensorTrain",
     "TubalLowRank",
+    "Tucker",
+    "balanced_modes",
 ]

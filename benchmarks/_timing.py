@@ -1,0 +1,95 @@
+"""Timing helpers shared by the benchmark scripts.
+
+- `time_rounds`: the best time of each implementation over interleaved rounds (the order reversed
+  every other round), with a pause before each timed call: BLAS worker threads spin for up to
+  0.2 s after a call and would steal a core from the next one.
+- `OtherLoad`: how many cores other processes kept busy while a part ran, so that a reader can
+  tell a quiet measurement from a loaded one.
+- `machine`: what the numbers were measured on.
+"""
+
+import importlib.metadata
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+PAUSE_S = 0.3
+
+
+def _busy_seconds():
+    """(CPU seconds used by the whole machine, by this process), or None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        t = os.times()
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), t.user + t.system
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class OtherLoad:
+    """Context manager: how many cores other processes kept busy meanwhile (``.cores``)."""
+
+    def __enter__(self):
+        self.t0, self.before, self.cores = time.perf_counter(), _busy_seconds(), None
+        return self
+
+    def __exit__(self, *exc):
+        after, wall = _busy_seconds(), time.perf_counter() - self.t0
+        if self.before is not None and after is not None and wall > 0:
+            mine = after[1] - self.before[1]
+            self.cores = max(0.0, (after[0] - self.before[0]) - mine) / wall
+        return False
+
+
+def _load(cores):
+    return "n/a" if cores is None else f"{cores:.2f} cores"
+
+
+def _ready(out):
+    return jax.block_until_ready(out)
+
+
+def time_rounds(fns, rounds):
+    """Best time of each ``name: thunk`` over interleaved rounds (reversed every other one)."""
+    times = {name: [] for name in fns}
+    for i in range(rounds):
+        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()
+            _ready(fns[name]())
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(v) for name, v in times.items()}, times
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "numpy": np.__version__,
+        "devices": [str(d) for d in jax.devices()],
+    }

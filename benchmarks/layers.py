@@ -1,0 +1,256 @@
+"""Time factorized linear maps (TT-matrix, CP, Tucker) against tensorly-torch and dense.
+
+Run from the repository root (needs the ``bench`` extra: ``pip install -e ".[bench]"``, which
+brings PyTorch's CPU build and tensorly-torch):
+
+    python benchmarks/layers.py                 # the grid (about 10-15 minutes on 2 cores)
+    python benchmarks/layers.py --quick         # a small grid: a smoke test
+    python benchmarks/layers.py --json out.json # also save the numbers
+
+For every point of the grid (``d_in = d_out = d``, rank ``r``, batch ``B``, format) it times the
+forward plus backward pass (the gradient of ``sum(g * y)`` with respect to the factors, for a
+fixed random ``g``) of ``y = x W^T``:
+
+- ``factorjax``: ``jax.jit`` of the gradient of ``W.apply(x)`` in the order the planner picks
+  for ``B``, and in every candidate order forced (``apply(x, order=...)``), to see how close the
+  planner comes to the best of its own candidates;
+- ``tltorch-factorized`` and ``tltorch-reconstructed``: tensorly-torch's ``FactorizedLinear``
+  (``blocktt``, ``cp``, ``tucker``) holding the same factors, in its two implementations, on
+  PyTorch's CPU build with as many threads as JAX uses (the cores);
+- ``dense``: ``jax.jit`` of the gradient of ``x @ W^T`` with respect to a dense ``W``.
+
+It also times the forward pass alone of the planned order and of a dense matmul, and prints
+their GFLOP/s (the planner's FLOP count over the time; ``2 B d^2`` for the dense matmul).
+
+Tensorization: ``d`` splits into 3 balanced modes on each side (``balanced_modes(d, 3)``). The
+rank is the TT inner rank, the CP rank, and every Tucker mode rank (clipped to the mode sizes).
+float32 throughout. Ratios compare times measured in the same round (interleaved rounds, best
+of each), never absolute times across runs.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import OtherLoad, machine, time_rounds
+
+DIMS = (256, 1024, 4096)
+RANKS = (4, 16, 64)
+BATCHES = (1, 64, 4096)
+FORMATS = ("tt", "cp", "tucker")
+TARGETS = {"median_over_tltorch": 1.5, "worst_over_tltorch": 0.9, "planner_over_best": 0.9}
+
+
+def make_weight(fmt, d, r, key):
+    """Our factorization of a ``d x d`` weight, and the tensorized modes."""
+    from factorjax.factorizations import CP, TTMatrix, Tucker
+    from factorjax.factorizations._tensorize import balanced_modes
+
+    modes = balanced_modes(d, 3)
+    if fmt == "tt":
+        W = TTMatrix.init(d, d, r, key=key, out_modes=modes, in_modes=modes)
+    elif fmt == "cp":
+        W = CP.init_matrix(d, d, r, key=key, out_modes=modes, in_modes=modes)
+    else:
+        ranks = tuple(min(r, m) for m in (*modes, *modes))
+        W = Tucker.init_matrix(d, d, ranks, key=key, out_modes=modes, in_modes=modes)
+    return W, modes
+
+
+def tltorch_layer(fmt, W, modes, implementation):
+    """tensorly-torch's FactorizedLinear holding the factors of ``W``."""
+    import torch
+    from tltorch import FactorizedLinear
+
+    name = {"tt": "blocktt", "cp": "cp", "tucker": "tucker"}[fmt]
+    if fmt == "tt":
+        rank = max(c.shape[-1] for c in W.cores[:-1])
+    elif fmt == "cp":
+        rank = W.rank
+    else:
+        rank = tuple(W.core.shape)
+    layer = FactorizedLinear(modes, modes, bias=False, factorization=name, rank=rank)
+    layer.implementation = implementation
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
+    w = layer.weight
+    with torch.no_grad():
+        if fmt == "tt":
+            for dst, src in zip(w.factors, W.cores, strict=True):
+                dst.data = t(src)
+        elif fmt == "cp":
+            w.weights.data = t(W.weights)
+            for dst, src in zip(w.factors, W.factors, strict=True):
+                dst.data = t(src)
+        else:
+            w.core.data = t(W.core)
+            for dst, src in zip(w.factors, W.factors, strict=True):
+                dst.data = t(src)
+    return layer
+
+
+def torch_fwd_bwd(layer, x, g):
+    import torch
+
+    xt, gt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(g))
+
+    def run():
+        for p in layer.parameters():
+            p.grad = None
+        layer(xt).backward(gt)
+        return None
+
+    # Agreement with factorjax, checked once.
+    with torch.no_grad():
+        y = layer(xt).numpy()
+    return run, y
+
+
+def jax_fwd_bwd(W, x, g, order):
+    # x and g are arguments, not constants closed over: XLA would fold products of constants
+    # at compile time.
+    def loss(W, x, g):
+        return jnp.sum(W.apply(x, order=order) * g)
+
+    f = jax.jit(jax.grad(loss))
+    jax.block_until_ready(f(W, x, g))
+    return lambda: f(W, x, g)
+
+
+def jax_forward(W, x, order):
+    f = jax.jit(lambda W, x: W.apply(x, order=order))
+    jax.block_until_ready(f(W, x))
+    return lambda: f(W, x)
+
+
+def point(fmt, d, r, B, rounds):
+    key = jax.random.key(d * 1000 + r * 10 + B)
+    W, modes = make_weight(fmt, d, r, key)
+    x = jax.random.normal(jax.random.key(1), (B, d), jnp.float32)
+    g = jax.random.normal(jax.random.key(2), (B, d), jnp.float32)
+    plan = W.plan(B)
+    fns = {}
+    for o in plan.candidates:
+        fns[f"fj:{o.name}"] = jax_fwd_bwd(W, x, g, o.name)
+    Wd = W.to_matrix()
+    dense = jax.jit(jax.grad(lambda Wd, x, g: jnp.sum((x @ Wd.T) * g)))
+    jax.block_until_ready(dense(Wd, x, g))
+    fns["dense"] = lambda: dense(Wd, x, g)
+    y_ref = np.asarray(W.apply(x))
+    scale = float(np.abs(y_ref).max()) or 1.0
+    agree = {}
+    for impl in ("factorized", "reconstructed"):
+        layer = tltorch_layer(fmt, W, modes, impl)
+        run, y = torch_fwd_bwd(layer, x, g)
+        agree[impl] = float(np.abs(y - y_ref).max() / scale)
+        fns[f"tl:{impl}"] = run
+    fwd_planned = jax_forward(W, x, "auto")
+    fwd_dense = jax.jit(lambda Wd, x: x @ Wd.T)
+    jax.block_until_ready(fwd_dense(Wd, x))
+    fns["fwd:planned"] = fwd_planned
+    fns["fwd:dense"] = lambda: fwd_dense(Wd, x)
+    best, _ = time_rounds(fns, rounds)
+    cand = {o.name: best[f"fj:{o.name}"] for o in plan.candidates}
+    planned = cand[plan.order]
+    tl_best = min(best["tl:factorized"], best["tl:reconstructed"])
+    return {
+        "format": fmt,
+        "d": d,
+        "rank": r,
+        "batch": B,
+        "params": W.num_params,
+        "order": plan.order,
+        "orders_s": cand,
+        "planned_s": planned,
+        "best_order": min(cand, key=cand.get),
+        "planner_over_best": min(cand.values()) / planned,
+        "tltorch_s": {
+            "factorized": best["tl:factorized"],
+            "reconstructed": best["tl:reconstructed"],
+        },
+        "over_tltorch": tl_best / planned,
+        "dense_s": best["dense"],
+        "over_dense": best["dense"] / planned,
+        "gflops_planned": plan.flops / best["fwd:planned"] / 1e9,
+        "gflops_dense": 2 * B * d * d / best["fwd:dense"] / 1e9,
+        "tltorch_rel_diff": agree,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    p.add_argument("--json", metavar="PATH", help="save the numbers to this JSON file")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    import torch
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    dims, ranks, batches = (
+        ((256, 1024), (4, 16), (1, 256)) if args.quick else (DIMS, RANKS, BATCHES)
+    )
+    formats = tuple(args.formats.split(","))
+    info = machine()
+    info["torch"] = torch.__version__
+    print(f"machine: {info}")
+    print(f"torch threads {threads}; float32; forward+backward unless said\n")
+    head = (
+        f"{'fmt':<7}{'d':>5}{'r':>4}{'B':>6} {'params':>9} {'planned':>14} {'best order':>14} "
+        f"{'plan/best':>9} {'tl-fact':>8} {'tl-rec':>8} {'vs tl':>6} {'vs dense':>8} "
+        f"{'GF/s plan':>9} {'GF/s dense':>10}"
+    )
+    print(head)
+    rows = []
+    with OtherLoad() as load:
+        for fmt in formats:
+            for d in dims:
+                for r in ranks:
+                    for B in batches:
+                        row = point(fmt, d, r, B, args.rounds)
+                        rows.append(row)
+                        t = row["tltorch_s"]
+                        print(
+                            f"{fmt:<7}{d:>5}{r:>4}{B:>6} {row['params']:>9} "
+                            f"{row['order']:>14} {row['best_order']:>14} "
+                            f"{row['planner_over_best']:>9.2f} "
+                            f"{t['factorized'] / row['planned_s']:>8.2f} "
+                            f"{t['reconstructed'] / row['planned_s']:>8.2f} "
+                            f"{row['over_tltorch']:>6.2f} {row['over_dense']:>8.2f} "
+                            f"{row['gflops_planned']:>9.1f} {row['gflops_dense']:>10.1f}",
+                            flush=True,
+                        )
+    over = [r["over_tltorch"] for r in rows]
+    plan_best = [r["planner_over_best"] for r in rows]
+    summary = {
+        "median_over_tltorch": statistics.median(over),
+        "worst_over_tltorch": min(over),
+        "planner_over_best": min(plan_best),
+        "other_load_cores": load.cores,
+    }
+    print(
+        f"\nfactorjax planned vs tltorch's better mode (its time / ours): median "
+        f"{summary['median_over_tltorch']:.2f}x (target >= {TARGETS['median_over_tltorch']}), "
+        f"worst {summary['worst_over_tltorch']:.2f}x (target >= {TARGETS['worst_over_tltorch']})"
+    )
+    print(
+        f"planned order vs the best of factorjax's candidates (best / planned): worst "
+        f"{summary['planner_over_best']:.2f} (target >= {TARGETS['planner_over_best']}); "
+        f"other-load {load.cores if load.cores is None else round(load.cores, 2)} cores"
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": info, "rows": rows, "summary": summary}, fh, indent=1)
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,566 @@
+"""Tucker tensors ``T = G ×_1 A_1 ×_2 ... ×_d A_d``, and their matrix view.
+
+A Tucker tensor of order ``d`` holds a core ``G`` (r_1, ..., r_d) and factor matrices ``A_k``
+(n_k, r_k): ``T[i] = sum_j G[j_1, ..., j_d] A_1[i_1, j_1] ... A_d[i_d, j_d]``. Its multilinear
+rank ``(r_1, ..., r_d)`` needs ``r_k <= n_k`` and ``r_k <= prod_{j != k} r_j``. With
+``n_out = p`` its first ``p`` modes index the output of a weight ``(d_out, d_in)``, as in
+`factorjax.factorizations.cp`.
+
+Example:
+    >>> import jax
+    >>> from factorjax.factorizations.tucker import Tucker
+    >>> W = Tucker.init_matrix(64, 32, 4, key=jax.random.key(0))    # modes (8, 8) x (4, 8)
+    >>> W.shape, W.ranks, W.n_out
+    ((8, 8, 4, 8), (4, 4, 4, 4), 2)
+    >>> W.apply(jax.numpy.ones((5, 32))).shape
+    (5, 64)
+"""
+
+import functools
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+from jax.typing import ArrayLike
+from jaxtyping import Float, PRNGKeyArray
+
+from factorjax import _lapack
+from factorjax._checks import as_real_array, check_positive_int, check_tolerance, describe
+from factorjax.factorizations._init import small_std
+from factorjax.factorizations._operator import (
+    AbstractOperator,
+    Candidate,
+    Order,
+    dense_candidate,
+)
+from factorjax.factorizations._tensorize import matrix_to_tensor
+from factorjax.factorizations.cp import (
+    check_n_out,
+    check_shape,
+    matrix_modes,
+    matrix_target,
+    no_view_error,
+)
+
+__all__ = ["Tucker"]
+
+# ---------------------------------------------------------------------------------------------
+# Ranks, mode products and their order
+# ---------------------------------------------------------------------------------------------
+
+
+def _clip_to_others(ranks: list[int]) -> tuple[int, ...]:
+    changed = True
+    while changed:
+        changed = False
+        for k, r in enumerate(ranks):
+            others = math.prod(ranks) // r
+            if r > others:
+                ranks[k], changed = others, True
+    return tuple(ranks)
+
+
+def resolve_ranks(rank: Any, caps: tuple[int, ...], what: str = "size") -> tuple[int, ...]:
+    """The multilinear rank asked for.
+
+    ``None``: ``caps``; an int: a cap on every mode; both clipped so that
+    ``r_k <= prod_{j != k} r_j``. A tuple is taken as is and validated: ``1 <= r_k <= caps[k]``
+    and ``r_k <= prod_{j != k} r_j``.
+    """
+    d = len(caps)
+    if rank is None:
+        return _clip_to_others(list(caps))
+    if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
+        rank = check_positive_int("rank", rank)
+        return _clip_to_others([min(rank, c) for c in caps])
+    if not hasattr(rank, "__iter__"):
+        raise TypeError(
+            f"`rank` must be None, an int or a tuple of {d} ints; got {describe(rank)}."
+        )
+    rank = tuple(rank)
+    if len(rank) != d:
+        raise ValueError(f"`rank` must have one entry per mode ({d}); got {rank!r}.")
+    ranks = tuple(check_positive_int(f"rank[{k}]", r) for k, r in enumerate(rank))
+    for k, (r, c) in enumerate(zip(ranks, caps, strict=True)):
+        if r > c:
+            raise ValueError(
+                f"`rank[{k}]` must be an int in [1, {c}] (the {what} of mode {k}); got {r}."
+            )
+        others = math.prod(ranks) // r
+        if r > others:
+            raise ValueError(
+                f"`rank[{k}]` = {r} exceeds {others}, the product of the other ranks: a core "
+                f"with that rank on mode {k} has mode-{k} rank at most {others}; got rank={ranks}."
+            )
+    return ranks
+
+
+def mode_product(y: Array, axis: int, mat: Array, contract: int) -> Array:
+    """Replace axis ``axis`` of ``y`` by the other axis of ``mat``, contracting ``mat``'s axis
+    ``contract`` with it (``contract=1``: ``y ×_axis mat``; ``0``: ``y ×_axis mat^T``)."""
+    labels = list(range(y.ndim))
+    out = [*labels]
+    out[axis] = y.ndim
+    m = [axis, y.ndim] if contract == 0 else [y.ndim, axis]
+    return jnp.einsum(y, labels, mat, m, out)
+
+
+def chain_plan(src, dst, fixed: int) -> tuple[tuple[int, ...], int, list[int]]:
+    """The order of mode products turning axis sizes ``src`` into ``dst`` (beside ``fixed``
+    untouched entries) with the fewest FLOPs (exact, by dynamic programming over subsets).
+
+    Returns:
+        ``(order, flops, sizes)``: the modes in turn, the FLOPs, and the size of each result.
+    """
+    n = len(src)
+    best: dict[int, tuple[int, tuple[int, ...]]] = {0: (0, ())}
+    for mask in sorted(range(1 << n), key=lambda m: bin(m).count("1")):
+        flops, order = best[mask]
+        size = fixed * math.prod(dst[j] if mask >> j & 1 else src[j] for j in range(n))
+        for j in range(n):
+            if not mask >> j & 1:
+                new, cand = mask | 1 << j, (flops + 2 * size * dst[j], (*order, j))
+                if new not in best or cand[0] < best[new][0]:
+                    best[new] = cand
+    flops, order = best[(1 << n) - 1]
+    cur, sizes = list(src), []
+    for j in order:
+        cur[j] = dst[j]
+        sizes.append(fixed * math.prod(cur))
+    return order, flops, sizes
+
+
+def run_chain(y: Array, mats, axes, order, contract: int) -> Array:
+    for j in order:
+        y = mode_product(y, axes[j], mats[j], contract)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# ST-HOSVD and HOOI
+# ---------------------------------------------------------------------------------------------
+
+
+def _tail_rank(s: np.ndarray, budget: float) -> int:
+    """The smallest r >= 1 whose discarded squared singular values sum to at most ``budget``."""
+    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
+    return int(max(1, np.nonzero(tail <= budget)[0][0]))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unfold_svd(core: Array, k: int) -> tuple[Array, Array, Array]:
+    return _lapack.svd(jnp.moveaxis(core, k, 0).reshape(core.shape[k], -1), full_matrices=False)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _truncate_mode(core: Array, k: int, r: int, usv) -> tuple[Array, Array]:
+    """The leading ``r`` left singular vectors of mode ``k``, and the core projected on them
+    (``S_r V_r^T`` folded back: no product with ``U``)."""
+    u, s, vh = usv
+    rest = core.shape[:k] + core.shape[k + 1 :]
+    return u[:, :r], jnp.moveaxis((s[:r, None] * vh[:r]).reshape(r, *rest), 0, k)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _st_hosvd_ranks(a: Array, ranks: tuple[int, ...]) -> tuple[Array, list[Array]]:
+    core, factors = a, []
+    for k, r in enumerate(ranks):
+        u, core = _truncate_mode(core, k, r, _unfold_svd(core, k))
+        factors.append(u)
+    return core, factors
+
+
+def st_hosvd(a: Array, ranks=None, rtol: float | None = None) -> tuple[Array, list[Array]]:
+    """Sequentially truncated HOSVD (Vannieuwenhoven, Vandebril and Meerbergen 2012), modes
+    in order. With ``rtol``, each mode discards at most ``rtol^2 ||a||^2 / d`` of squared
+    singular values, so ``||a - T||_F^2 = sum of all discarded <= rtol^2 ||a||^2``."""
+    if rtol is None:
+        return _st_hosvd_ranks(a, tuple(ranks))
+    if isinstance(a, jax.core.Tracer):
+        raise ValueError(
+            "`rtol` chooses the ranks from the singular values, and the ranks set the shapes "
+            "of the core and factors, so it needs concrete values; under `jax.jit` pass "
+            "`rank=` instead."
+        )
+    budget = rtol**2 * float(np.sum(np.asarray(a, np.float64) ** 2)) / a.ndim
+    core, factors = a, []
+    for k in range(a.ndim):
+        usv = _unfold_svd(core, k)
+        r = _tail_rank(np.asarray(usv[1], np.float64), budget)
+        u, core = _truncate_mode(core, k, r, usv)
+        factors.append(u)
+    return core, factors
+
+
+def _decompose(t: Array, rank: Any, rtol: Any, caps, what: str):
+    """ST-HOSVD of ``t`` to ``rank`` or ``rtol`` (at most one); ranks valid for a Tucker."""
+    if rank is not None and rtol is not None:
+        raise ValueError(f"pass at most one of `rank` and `rtol`; got rank={rank}, rtol={rtol}.")
+    if rtol is None:
+        return st_hosvd(t, resolve_ranks(rank, caps, what))
+    core, factors = st_hosvd(t, rtol=check_tolerance("rtol", rtol))
+    ranks = _clip_to_others(list(core.shape))
+    if ranks != core.shape:
+        # r_k > prod of the others: the core's mode-k unfolding has rank <= that product, so
+        # re-truncating the core to it discards only zero singular values.
+        sub, us = st_hosvd(core, ranks)
+        core, factors = sub, [f @ u for f, u in zip(factors, us, strict=True)]
+    return core, factors
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def hooi(a: Array, factors, n_iter: int) -> tuple[Array, tuple[Array, ...]]:
+    """``n_iter`` sweeps of higher-order orthogonal iteration from orthonormal factors; each
+    update maximizes the core's norm given the other factors, so the error never grows."""
+    d, shape = a.ndim, a.shape
+    ranks = [f.shape[1] for f in factors]
+
+    def sweep(_, fs):
+        fs = list(fs)
+        for k in range(d):
+            others = [j for j in range(d) if j != k]
+            order, _, _ = chain_plan(
+                [shape[j] for j in others], [ranks[j] for j in others], shape[k]
+            )
+            y = run_chain(a, [fs[j] for j in others], others, order, 0)
+            u, _, _ = _lapack.svd(jnp.moveaxis(y, k, 0).reshape(shape[k], -1), full_matrices=False)
+            fs[k] = u[:, : ranks[k]]
+        return tuple(fs)
+
+    factors = lax.fori_loop(0, n_iter, sweep, tuple(factors))
+    order, _, _ = chain_plan(shape, ranks, 1)
+    return run_chain(a, factors, range(d), order, 0), factors
+
+
+@jax.jit
+def _orthonormalize(core: Array, factors) -> tuple[tuple[Array, ...], Array]:
+    """``A_k = Q_k R_k`` and ``G ×_1 R_1 ... ×_d R_d``: the same tensor, orthonormal factors."""
+    qs, rs = zip(*(_lapack.qr(f) for f in factors), strict=True)
+    for k, r in enumerate(rs):
+        core = mode_product(core, k, r, 1)
+    return qs, core
+
+
+# ---------------------------------------------------------------------------------------------
+# The format
+# ---------------------------------------------------------------------------------------------
+
+
+class Tucker(AbstractOperator):
+    """A Tucker tensor ``G ×_1 A_1 ... ×_d A_d`` of order ``d >= 2``.
+
+    Fields:
+        core: ``(r_1, ..., r_d)``.
+        factors: ``d`` matrices ``(n_k, r_k)``, ``r_k <= n_k``.
+        n_out: ``None`` for a plain tensor, or the number of leading output modes (static).
+    """
+
+    core: Float[Array, "..."]
+    factors: tuple[Float[Array, "_ _"], ...]
+    n_out: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        g, fs = self.core, self.factors
+        if not isinstance(fs, tuple) or len(fs) < 2 or len(fs) != g.ndim:
+            raise ValueError(
+                f"`factors` must be a tuple of one matrix per axis of `core` (at least 2); got "
+                f"{len(fs) if isinstance(fs, tuple) else fs!r} for {describe(g)}."
+            )
+        for k, f in enumerate(fs):
+            if f.ndim != 2 or f.shape[1] != g.shape[k]:
+                raise ValueError(
+                    f"`factors[{k}]` must be a matrix (n_{k}, r_{k}) with r_{k} = {g.shape[k]} "
+                    f"columns (axis {k} of `core`); got {describe(f)}."
+                )
+        resolve_ranks(g.shape, tuple(f.shape[0] for f in fs))
+        check_n_out(self.n_out, len(fs))
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        shape: Any,
+        rank: Any,
+        *,
+        key: PRNGKeyArray,
+        n_out: Any = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
+        dtype=None,
+    ) -> "Tucker":
+        """Random i.i.d. normal core and factors.
+
+        Arguments:
+            shape: the mode sizes ``(n_1, ..., n_d)``, ``d >= 2``.
+            rank: the multilinear rank: a tuple (validated), or an int capping every mode
+                (clipped to the mode sizes and to the product of the other ranks).
+            key: a JAX PRNG key.
+            n_out: ``None`` (a plain tensor) or the number of leading output modes.
+            init: ``"glorot"``, ``"he"``, ``"lecun"`` (fans of the matrix view: need `n_out`)
+                or ``"std"`` target the variance of the reconstructed entries,
+                ``Var = prod(r) s_G^2 prod_k s_k^2``: the factors get ``s_k = 1 / sqrt(n_k)``
+                (columns of norm about 1) and the core the rest,
+                ``s_G^2 = Var prod(n) / prod(r)``. ``"small"``: factor entries
+                ``N(0, alpha^2 / r_k)``, core entries ``N(0, alpha^2 / prod(r))``.
+            std: the target std for ``init="std"``.
+            alpha: the scale for ``init="small"``.
+            dtype: floating dtype (default: JAX's default float).
+
+        Returns:
+            A `Tucker`.
+        """
+        shape = check_shape("shape", shape)
+        ranks = resolve_ranks(rank, shape)
+        n_out = check_n_out(n_out, len(shape))
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        if init == "small":
+            if std is not None:
+                raise ValueError("`std` is only used with init='std'; got init='small'.")
+            core_std = small_std(alpha, math.prod(ranks))
+            stds = [small_std(alpha, r) for r in ranks]
+        else:
+            var = matrix_target(init, shape, n_out, std, alpha)
+            core_std = (var * math.prod(shape) / math.prod(ranks)) ** 0.5
+            stds = [1 / math.sqrt(n) for n in shape]
+        # one draw for the core and all factors: one random-bits kernel to compile, not d + 1
+        sizes = [math.prod(ranks), *(n * r for n, r in zip(shape, ranks, strict=True))]
+        flat = jax.random.normal(key, (sum(sizes),), dtype)
+        ends = np.cumsum([0, *sizes])
+        core = core_std * flat[: ends[1]].reshape(ranks)
+        factors = tuple(
+            s * flat[ends[k + 1] : ends[k + 2]].reshape(n, r)
+            for k, (s, n, r) in enumerate(zip(stds, shape, ranks, strict=True))
+        )
+        return cls(core, factors, n_out)
+
+    @classmethod
+    def init_matrix(
+        cls,
+        d_out: Any,
+        d_in: Any,
+        rank: Any,
+        *,
+        key: PRNGKeyArray,
+        out_modes: Any = None,
+        in_modes: Any = None,
+        order: Any = None,
+        **kwargs,
+    ) -> "Tucker":
+        """`init` of the weight ``(d_out, d_in)`` tensorized as ``out_modes + in_modes``.
+
+        Arguments:
+            d_out, d_in: the shape of the weight.
+            rank: the multilinear rank (as in `init`).
+            key: a JAX PRNG key.
+            out_modes, in_modes: the modes (products ``d_out`` and ``d_in``); by default
+                ``balanced_modes(d, order)``.
+            order: the number of modes on a side whose modes are not given (default: the
+                length of the given modes, else 2).
+            **kwargs: ``init``, ``std``, ``alpha``, ``dtype`` as in `init`.
+        """
+        out_modes, in_modes = matrix_modes(d_out, d_in, out_modes, in_modes, order)
+        return cls.init(out_modes + in_modes, rank, key=key, n_out=len(out_modes), **kwargs)
+
+    @classmethod
+    def from_dense(
+        cls,
+        a: ArrayLike,
+        rank: Any = None,
+        *,
+        rtol: Any = None,
+        n_iter: Any = 0,
+        n_out: Any = None,
+    ) -> "Tucker":
+        """ST-HOSVD of a dense tensor, then optional HOOI sweeps.
+
+        Arguments:
+            a: a real tensor of order ``d >= 2``.
+            rank: the multilinear rank (a tuple, validated; or an int capping every mode);
+                with neither `rank` nor `rtol`, the full multilinear rank (exact).
+            rtol: instead of `rank`: per mode, the smallest rank that discards at most
+                ``rtol^2 ||a||_F^2 / d`` of squared singular values, so that
+                ``||a - T||_F <= rtol ||a||_F`` (needs concrete values: not under ``jit``).
+            n_iter: HOOI sweeps after the ST-HOSVD (an int >= 0; each never increases the
+                error).
+            n_out: ``None`` or the number of leading output modes of the result.
+
+        Returns:
+            A `Tucker` with orthonormal factors.
+        """
+        a = as_real_array("a", a)
+        if a.ndim < 2:
+            raise ValueError(f"`a` must be a tensor of order >= 2; got {describe(a)}.")
+        n_out = check_n_out(n_out, a.ndim)
+        if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+            raise ValueError(f"`n_iter` must be an int >= 0; got {n_iter!r}.")
+        core, factors = _decompose(a, rank, rtol, a.shape, "size")
+        if n_iter:
+            core, factors = hooi(a, factors, int(n_iter))
+        return cls(core, tuple(factors), n_out)
+
+    @classmethod
+    def from_matrix(
+        cls,
+        w: ArrayLike,
+        rank: Any = None,
+        *,
+        out_modes: Any = None,
+        in_modes: Any = None,
+        order: Any = None,
+        **kwargs,
+    ) -> "Tucker":
+        """`from_dense` of a weight ``(d_out, d_in)`` tensorized as ``out_modes + in_modes``.
+
+        Arguments:
+            w: a real matrix.
+            rank: as in `from_dense`.
+            out_modes, in_modes, order: as in `init_matrix`.
+            **kwargs: ``rtol``, ``n_iter`` as in `from_dense`.
+        """
+        w = as_real_array("w", w)
+        if w.ndim != 2:
+            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
+        out_modes, in_modes = matrix_modes(*w.shape, out_modes, in_modes, order)
+        t = matrix_to_tensor(w, out_modes, in_modes)
+        return cls.from_dense(t, rank, n_out=len(out_modes), **kwargs)
+
+    def with_n_out(self, n_out: Any) -> "Tucker":
+        """The same tensor with the matrix view of its first ``n_out`` modes as output."""
+        return Tucker(self.core, self.factors, check_n_out(n_out, len(self.factors)))
+
+    # -- the tensor ---------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The mode sizes ``(n_1, ..., n_d)``."""
+        return tuple(f.shape[0] for f in self.factors)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The multilinear rank ``(r_1, ..., r_d)`` (the shape of the core)."""
+        return tuple(self.core.shape)
+
+    @property
+    def rank(self) -> int:
+        """The largest of the multilinear ranks (as `TensorTrain.rank`); see `ranks`."""
+        return max(self.core.shape)
+
+    def to_dense(self) -> Array:
+        """The dense tensor: the core times each factor, in the cheapest order."""
+        order, _, _ = chain_plan(self.ranks, self.shape, 1)
+        return run_chain(self.core, self.factors, range(len(self.shape)), order, 1)
+
+    def reconstruction_flops(self) -> int:
+        return chain_plan(self.ranks, self.shape, 1)[1]
+
+    def truncate(self, rank: Any = None, *, rtol: Any = None) -> "Tucker":
+        """ST-HOSVD of the tensor to a lower multilinear rank, computed from the core.
+
+        The factors are first orthonormalized (``A_k = Q_k R_k``, ``G <- G ×_k R_k``); the
+        ST-HOSVD of the small core then equals that of the dense tensor (its factors are
+        ``Q_k U_k``), with the same error bound, without building the dense tensor.
+
+        Arguments:
+            rank: the new multilinear rank: a tuple with ``r'_k <= r_k`` (validated) or an int
+                capping every mode.
+            rtol: instead of `rank`: as in `from_dense`, relative to this tensor's norm.
+
+        Returns:
+            A `Tucker` with orthonormal factors.
+        """
+        if rank is None and rtol is None:
+            raise ValueError("pass `rank` or `rtol` to truncate to.")
+        qs, g = _orthonormalize(self.core, self.factors)
+        core, us = _decompose(g, rank, rtol, self.ranks, "current rank")
+        return Tucker(core, tuple(q @ u for q, u in zip(qs, us, strict=True)), self.n_out)
+
+    # -- the matrix view ----------------------------------------------------------------------
+
+    def _view(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if self.n_out is None:
+            raise no_view_error("Tucker")
+        return self.shape[: self.n_out], self.shape[self.n_out :]
+
+    @property
+    def out_modes(self) -> tuple[int, ...]:
+        return self._view()[0]
+
+    @property
+    def in_modes(self) -> tuple[int, ...]:
+        return self._view()[1]
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self._view()[0])
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self._view()[1])
+
+    def to_matrix(self) -> Float[Array, "d_out d_in"]:
+        out_modes, in_modes = self._view()
+        return self.to_dense().reshape(math.prod(out_modes), math.prod(in_modes))
+
+    def candidates(self, batch: int) -> tuple[Candidate, ...]:
+        """``"factored"``: project ``x`` on the input factors mode by mode, one matmul with
+        the core, expand through the output factors; ``"core-input"``: merge the input factors
+        into the core first (``(S, d_in)``, independent of the batch), one matmul, expand;
+        ``"core-output"``: project ``x``, one matmul with the core merged with the output
+        factors ``(d_out, T)``; ``"dense"``. Mode products go in their cheapest order."""
+        out_modes, in_modes = self._view()
+        p, b = self.n_out, batch
+        s_r, t_r = self.ranks[:p], self.ranks[p:]
+        S, T = math.prod(s_r), math.prod(t_r)
+        d_out, d_in = math.prod(out_modes), math.prod(in_modes)
+        f_out, f_in, g = self.factors[:p], self.factors[p:], self.core
+        itemsize = jnp.dtype(self.dtype).itemsize
+        in_axes, out_axes = range(1, len(in_modes) + 1), range(1, p + 1)
+
+        proj_o, proj_f, proj_s = chain_plan(in_modes, t_r, b)  # (B, i...) -> (B, t...)
+        exp_o, exp_f, exp_s = chain_plan(s_r, out_modes, b)  # (B, s...) -> (B, o...)
+        cin_o, cin_f, cin_s = chain_plan(t_r, in_modes, S)  # G -> (s..., i...)
+        cout_o, cout_f, cout_s = chain_plan(s_r, out_modes, T)  # G -> (o..., t...)
+
+        def project(x):
+            y = run_chain(x.reshape(x.shape[0], *in_modes), f_in, in_axes, proj_o, 0)
+            return y.reshape(x.shape[0], T)
+
+        def expand(z):
+            y = run_chain(z.reshape(z.shape[0], *s_r), f_out, out_axes, exp_o, 1)
+            return y.reshape(z.shape[0], d_out)
+
+        def factored(x):
+            return expand(project(x) @ g.reshape(S, T).T)
+
+        def core_input(x):
+            c = run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
+            return expand(x @ c.T)
+
+        def core_output(x):
+            c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
+            return project(x) @ c.T
+
+        def order(name, flops, sizes):
+            return Order(name, flops, max(sizes) * itemsize)
+
+        return (
+            Candidate(
+                order("factored", proj_f + 2 * b * S * T + exp_f, [*proj_s, b * S, *exp_s[:-1]]),
+                factored,
+            ),
+            Candidate(
+                order("core-input", cin_f + 2 * b * d_in * S + exp_f, [*cin_s, b * S, *exp_s[:-1]]),
+                core_input,
+            ),
+            Candidate(
+                order("core-output", proj_f + cout_f + 2 * b * T * d_out, [*proj_s, *cout_s]),
+                core_output,
+            ),
+            dense_candidate(self, batch),
+        )
