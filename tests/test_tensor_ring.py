@@ -24,7 +24,7 @@ import pytest
 from jax.test_util import check_grads
 from tensorly.tr_tensor import tr_to_tensor
 
-from factorjax.factorizations._operator import CHAIN_PENALTY
+from factorjax.factorizations import _operator
 from factorjax.factorizations.tensor_ring import TensorRing
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -162,10 +162,8 @@ def test_plan_picks_the_cheapest_candidate(rng, batch):
     plan = T.plan(batch)
     cands = T.candidates(batch)
     assert plan.order in {c.order.name for c in cands}
-    weight = lambda o: o.flops * (1.0 if o.name == "dense" else CHAIN_PENALTY)  # noqa: E731
-    assert weight(next(o for o in plan.candidates if o.name == plan.order)) == min(
-        weight(c.order) for c in cands
-    )
+    best = min((c.order for c in cands), key=_operator._score)  # the planner's scoring
+    assert plan.order == best.name and plan.flops == best.flops
 
 
 def linear_path(sequence, n):

@@ -28,7 +28,7 @@ import tensorly
 from jax.test_util import check_grads
 from tensorly import tt_matrix as tl_tt_matrix
 
-from factorjax.factorizations._operator import CHAIN_PENALTY
+from factorjax.factorizations import _operator
 from factorjax.factorizations.tensor_train import TensorTrain, TTMatrix
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -401,8 +401,7 @@ def test_ttm_every_order_equals_x_wt(rng, lead):
         )
     # plan: the fewest FLOPs under the scoring of _operator.py (chains weighted)
     plan = W.plan(math.prod(lead))
-    weight = {n: 1.0 if n == "dense" else CHAIN_PENALTY for n in names}
-    best = min(plan.candidates, key=lambda o: (o.flops * weight[o.name], o.peak_bytes))
+    best = min(plan.candidates, key=_operator._score)
     assert plan.order in names and plan.flops == best.flops and plan.order == best.name
     # one unbatched input, and vmap
     np.testing.assert_allclose(W(x.reshape(-1, 12)[0]), ref.reshape(-1, 24)[0], atol=tol)

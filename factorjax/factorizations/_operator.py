@@ -38,11 +38,15 @@ class Order(NamedTuple):
         flops: floating-point operations (a multiply-add counts 2) for the whole batch.
         peak_bytes: bytes of the largest intermediate it holds (the dense ``W`` for
             ``"dense"``, the input and output excluded).
+        gemm_flops: the part of ``flops`` done by one large matrix product (the
+            ``(B, d_in) x (d_in, d_out)`` product of ``"dense"``), which runs at a higher rate
+            than chains of small contractions (see `CHAIN_PENALTY`).
     """
 
     name: str
     flops: int
     peak_bytes: int
+    gemm_flops: int = 0
 
 
 class Candidate(NamedTuple):
@@ -81,20 +85,23 @@ class Plan(NamedTuple):
         return "\n".join(rows)
 
 
-# The dense order ends in one large matmul, which runs at a higher FLOP rate than a chain of
-# small contractions; a chain is counted this many times its FLOPs when compared with it.
-# Measured in benchmarks/layers.py (see docs/benchmarks.md).
-CHAIN_PENALTY = 1.0
+# A chain of small contractions (every order but the final matmul of "dense", and the
+# reconstruction of W inside "dense") runs at a lower FLOP rate than one large matmul: it
+# reshapes and transposes between steps and its operands are small. Its FLOPs count this many
+# times when orders are compared. Measured with benchmarks/layers.py on a 2-core CPU: chains
+# reached 1/3 to 1/4 of the dense matmul's GFLOP/s (see docs/benchmarks.md).
+CHAIN_PENALTY = 4.0
 
 
 def _score(order: Order) -> tuple[float, int]:
-    weight = 1.0 if order.name == "dense" else CHAIN_PENALTY
-    return (order.flops * weight, order.peak_bytes)
+    chain = order.flops - order.gemm_flops
+    return (chain * CHAIN_PENALTY + order.gemm_flops, order.peak_bytes)
 
 
 def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
     """The candidate named ``order``, or with ``order="auto"`` the cheapest: fewest FLOPs
-    (a chain weighted by `CHAIN_PENALTY` against ``"dense"``), then smallest peak."""
+    (those of chains of small contractions weighted by `CHAIN_PENALTY` against those of one
+    large matmul), then smallest peak."""
     names = tuple(c.order.name for c in candidates)
     if order == "auto":
         return min(candidates, key=lambda c: _score(c.order))
@@ -187,8 +194,8 @@ def dense_candidate(op: AbstractOperator, batch: int) -> Candidate:
     through `reconstruction_flops`), then one ``(B, d_in) x (d_in, d_out)`` matmul."""
     d_out, d_in = op.out_features, op.in_features
     itemsize = jnp.dtype(op.dtype).itemsize
-    flops = 2 * batch * d_in * d_out + op.reconstruction_flops()
+    gemm = 2 * batch * d_in * d_out
     return Candidate(
-        Order("dense", flops, d_out * d_in * itemsize),
+        Order("dense", gemm + op.reconstruction_flops(), d_out * d_in * itemsize, gemm),
         lambda x: x @ op.to_matrix().T,
     )

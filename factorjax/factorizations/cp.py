@@ -36,92 +36,23 @@ from factorjax._checks import (
     check_tolerance,
     describe,
 )
-from factorjax.factorizations._init import small_std, target_variance
-from factorjax.factorizations._operator import (
-    AbstractOperator,
-    Candidate,
-    Order,
-    dense_candidate,
+from factorjax.factorizations._init import small_std
+from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._tensor_operator import (
+    AbstractTensorOperator,
+    check_n_out,
+    check_shape,
+    matrix_target,
 )
-from factorjax.factorizations._tensorize import (
-    balanced_modes,
-    check_modes,
-    factor_std,
-    matrix_to_tensor,
-)
+from factorjax.factorizations._tensorize import factor_std
 
 __all__ = ["CP", "ALSReport"]
 
 # Scalar arguments validated by `factorjax._checks` are annotated `Any`, as in lowrank.py.
 
 # ---------------------------------------------------------------------------------------------
-# Helpers shared with tucker.py
+# Khatri-Rao products
 # ---------------------------------------------------------------------------------------------
-
-
-def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A tensor shape: a tuple of at least two ints >= 1."""
-    if isinstance(shape, (int, np.integer)) or not hasattr(shape, "__iter__"):
-        raise TypeError(f"`{name}` must be a tuple of mode sizes; got {shape!r}.")
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(f"`{name}` must have at least 2 modes (order d >= 2); got {shape!r}.")
-    return tuple(check_positive_int(f"{name}[{k}]", n) for k, n in enumerate(shape))
-
-
-def check_n_out(n_out: Any, order: int) -> int | None:
-    """``None`` (a plain tensor) or the number of leading modes that index the output."""
-    if n_out is None:
-        return None
-    if isinstance(n_out, bool) or not isinstance(n_out, (int, np.integer)):
-        raise TypeError(f"`n_out` must be None or a Python int; got {describe(n_out)}.")
-    if not 1 <= n_out <= order - 1:
-        raise ValueError(
-            f"`n_out` (the number of leading modes that index the output) must be None or an "
-            f"int in [1, {order - 1}] for a tensor of order {order}; got {n_out}."
-        )
-    return int(n_out)
-
-
-def matrix_modes(d_out, d_in, out_modes, in_modes, order) -> tuple[tuple, tuple]:
-    """The output and input modes of a ``(d_out, d_in)`` weight (balanced by default)."""
-    d_out = check_positive_int("d_out", d_out)
-    d_in = check_positive_int("d_in", d_in)
-    if order is None:  # the length of the given modes, else 2
-        given = [m for m in (out_modes, in_modes) if m is not None and hasattr(m, "__len__")]
-        order = len(given[0]) if given else 2
-    order = check_positive_int("order", order)
-    out_modes = (
-        balanced_modes(d_out, order)
-        if out_modes is None
-        else check_modes("out_modes", out_modes, d_out)
-    )
-    in_modes = (
-        balanced_modes(d_in, order) if in_modes is None else check_modes("in_modes", in_modes, d_in)
-    )
-    return out_modes, in_modes
-
-
-def matrix_target(init: Any, shape: tuple, n_out: int | None, std: Any, alpha: Any) -> Any:
-    """Target variance of the reconstructed entries (fans of the matrix view)."""
-    if n_out is None and init in ("glorot", "he", "lecun"):
-        raise ValueError(
-            f"init={init!r} targets the fans of a matrix view, and this tensor has none "
-            "(n_out=None): pass `n_out` (the number of leading modes that index the output), "
-            "or use init='std' or init='small'."
-        )
-    fan_out = math.prod(shape[:n_out]) if n_out else 1
-    fan_in = math.prod(shape[n_out:]) if n_out else math.prod(shape)
-    return target_variance(init, fan_in=fan_in, fan_out=fan_out, std=std, alpha=alpha)
-
-
-def no_view_error(name: str) -> ValueError:
-    return ValueError(
-        f"this {name} is a plain tensor (n_out=None) and has no matrix view, so it cannot be "
-        f"applied or read as a matrix: give it one with `.with_n_out(k)` (its first k modes "
-        f"index the output), or build it with `n_out=k` ({name}.init, {name}.from_dense) or "
-        f"with {name}.init_matrix / {name}.from_matrix."
-    )
 
 
 def khatri_rao(mats) -> Array:
@@ -255,7 +186,7 @@ def _als(a: Array, factors: list[Array], n_iter: int, tol: float | None):
 # ---------------------------------------------------------------------------------------------
 
 
-class CP(AbstractOperator):
+class CP(AbstractTensorOperator):
     """A CP tensor ``sum_r w_r a_1r ∘ ... ∘ a_dr`` of order ``d >= 2``.
 
     Fields:
@@ -263,6 +194,9 @@ class CP(AbstractOperator):
         factors: ``d`` matrices ``(n_k, R)``.
         n_out: ``None`` for a plain tensor, or the number of leading modes that index the
             output of its matrix view ``(prod n_1..n_p, prod n_{p+1}..n_d)`` (static).
+
+    The matrix view (`out_modes`, `in_modes`, `to_matrix`), `init_matrix` and `with_n_out`
+    are those of `factorjax.factorizations._tensor_operator.AbstractTensorOperator`.
     """
 
     weights: Float[Array, " r"]
@@ -281,7 +215,6 @@ class CP(AbstractOperator):
                     f"`factors[{k}]` must be a matrix (n_{k}, R) with R = "
                     f"{self.weights.shape[0]} columns (the length of `weights`); got {describe(f)}."
                 )
-        check_n_out(self.n_out, len(fs))
 
     # -- construction -------------------------------------------------------------------------
 
@@ -335,34 +268,6 @@ class CP(AbstractOperator):
             for lo, hi, n in zip(ends[:-1], ends[1:], shape, strict=True)
         )
         return cls(jnp.ones(rank, dtype), factors, n_out)
-
-    @classmethod
-    def init_matrix(
-        cls,
-        d_out: Any,
-        d_in: Any,
-        rank: Any,
-        *,
-        key: PRNGKeyArray,
-        out_modes: Any = None,
-        in_modes: Any = None,
-        order: Any = None,
-        **kwargs,
-    ) -> "CP":
-        """`init` of the weight ``(d_out, d_in)`` tensorized as ``out_modes + in_modes``.
-
-        Arguments:
-            d_out, d_in: the shape of the weight.
-            rank: the number of components.
-            key: a JAX PRNG key.
-            out_modes, in_modes: the modes (products ``d_out`` and ``d_in``); by default
-                ``balanced_modes(d, order)``.
-            order: the number of modes on a side whose modes are not given (default: the
-                length of the given modes, else 2).
-            **kwargs: ``init``, ``std``, ``alpha``, ``dtype`` as in `init`.
-        """
-        out_modes, in_modes = matrix_modes(d_out, d_in, out_modes, in_modes, order)
-        return cls.init(out_modes + in_modes, rank, key=key, n_out=len(out_modes), **kwargs)
 
     @classmethod
     def als(
@@ -449,16 +354,8 @@ class CP(AbstractOperator):
             out_modes, in_modes, order: as in `init_matrix`.
             **kwargs: ``n_iter``, ``key``, ``tol`` as in `als`.
         """
-        w = as_real_array("w", w)
-        if w.ndim != 2:
-            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
-        out_modes, in_modes = matrix_modes(*w.shape, out_modes, in_modes, order)
-        t = matrix_to_tensor(w, out_modes, in_modes)
-        return cls.from_dense(t, rank, n_out=len(out_modes), **kwargs)
-
-    def with_n_out(self, n_out: Any) -> "CP":
-        """The same tensor with the matrix view of its first ``n_out`` modes as output."""
-        return CP(self.weights, self.factors, check_n_out(n_out, len(self.factors)))
+        t, n_out = cls._tensorize(w, out_modes, in_modes, order)
+        return cls.from_dense(t, rank, n_out=n_out, **kwargs)
 
     # -- the tensor ---------------------------------------------------------------------------
 
@@ -499,32 +396,7 @@ class CP(AbstractOperator):
         idx = jnp.argsort(-score)[:rank]
         return CP(self.weights[idx], tuple(f[:, idx] for f in self.factors), self.n_out)
 
-    # -- the matrix view ----------------------------------------------------------------------
-
-    def _view(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if self.n_out is None:
-            raise no_view_error("CP")
-        return self.shape[: self.n_out], self.shape[self.n_out :]
-
-    @property
-    def out_modes(self) -> tuple[int, ...]:
-        return self._view()[0]
-
-    @property
-    def in_modes(self) -> tuple[int, ...]:
-        return self._view()[1]
-
-    @property
-    def out_features(self) -> int:
-        return math.prod(self._view()[0])
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self._view()[1])
-
-    def to_matrix(self) -> Float[Array, "d_out d_in"]:
-        out_modes, in_modes = self._view()
-        return self.to_dense().reshape(math.prod(out_modes), math.prod(in_modes))
+    # -- application --------------------------------------------------------------------------
 
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """``"factored"``: contract ``x`` with the input factors one mode at a time (largest

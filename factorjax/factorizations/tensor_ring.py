@@ -10,7 +10,7 @@ a linear operator.
 
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -22,19 +22,15 @@ from jaxtyping import Float, PRNGKeyArray
 
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, describe
-from factorjax.factorizations._init import small_std, target_variance
-from factorjax.factorizations._operator import (
-    AbstractOperator,
-    Candidate,
-    Order,
-    dense_candidate,
+from factorjax.factorizations._init import small_std
+from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._tensor_operator import (
+    AbstractTensorOperator,
+    check_n_out,
+    check_shape,
+    matrix_target,
 )
-from factorjax.factorizations._tensorize import (
-    balanced_modes,
-    check_modes,
-    factor_std,
-    matrix_to_tensor,
-)
+from factorjax.factorizations._tensorize import factor_std
 
 # Scalar arguments validated by `factorjax._checks` are annotated `Any` (see lowrank.py); the
 # docstrings state the contract.
@@ -45,15 +41,6 @@ __all__ = ["TensorRing"]
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)) or not hasattr(shape, "__iter__"):
-        raise TypeError(f"`shape` must be a tuple of mode sizes; got {describe(shape)}.")
-    shape = tuple(shape)
-    if not shape:
-        raise ValueError("`shape` must hold at least one mode size; got ().")
-    return tuple(check_positive_int(f"shape[{k}]", n) for k, n in enumerate(shape))
 
 
 def _check_ranks(name: str, rank: Any, d: int) -> tuple[int, ...]:
@@ -71,19 +58,6 @@ def _check_ranks(name: str, rank: Any, d: int) -> tuple[int, ...]:
     return tuple(check_positive_int(f"{name}[{k}]", r) for k, r in enumerate(rank))
 
 
-def _check_n_out(n_out: Any, d: int) -> int | None:
-    if n_out is None:
-        return None
-    if isinstance(n_out, bool) or not isinstance(n_out, (int, np.integer)):
-        raise TypeError(f"`n_out` must be None or an int; got {describe(n_out)}.")
-    if not 1 <= n_out <= d - 1:
-        raise ValueError(
-            f"`n_out` (the number of leading output modes of the matrix view) must be None or an "
-            f"int in [1, d - 1] = [1, {d - 1}] for d = {d} cores; got {n_out}."
-        )
-    return int(n_out)
-
-
 def _check_rtol(rtol: Any) -> float:
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.integer, np.floating)):
         raise TypeError(f"`rtol` must be a float; got {describe(rtol)}.")
@@ -93,16 +67,6 @@ def _check_rtol(rtol: Any) -> float:
             "neither `rank` nor `rtol`."
         )
     return float(rtol)
-
-
-def _resolve_modes(d_out, d_in, out_modes, in_modes, order):
-    """``out_modes``, ``in_modes``: given, or balanced with ``order`` modes (default 2)."""
-    d_out = check_positive_int("d_out", d_out)
-    d_in = check_positive_int("d_in", d_in)
-    order = 2 if order is None else check_positive_int("order", order)
-    out_modes = balanced_modes(d_out, order) if out_modes is None else out_modes
-    in_modes = balanced_modes(d_in, order) if in_modes is None else in_modes
-    return check_modes("out_modes", out_modes, d_out), check_modes("in_modes", in_modes, d_in)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,14 +178,16 @@ def _round_ring(cores: tuple, target: tuple) -> tuple:
 # ---------------------------------------------------------------------------------------------
 
 
-class TensorRing(AbstractOperator):
+class TensorRing(AbstractTensorOperator):
     """A tensor ring: ``A[i_0, ..., i_{d-1}] = trace(G_0[:, i_0, :] ... G_{d-1}[:, i_{d-1}, :])``.
 
     ``cores[k]`` has shape ``(r_k, n_k, r_{k+1})`` with ``r_d = r_0``: the ring closes with a
     trace. ``ranks = (r_0, ..., r_{d-1})``. With ``n_out`` set, the tensor is the weight
     ``W (d_out, d_in)`` tensorized as ``out_modes + in_modes`` (``out_modes = shape[:n_out]``,
     row-major) and applies to inputs ``(..., d_in)`` by a planned contraction order (see
-    `candidates`); with ``n_out=None`` it is a plain tensor without a matrix view.
+    `candidates`); with ``n_out=None`` it is a plain tensor without a matrix view. The matrix
+    view (`out_modes`, `in_modes`, `to_matrix`), `init_matrix` and `with_n_out` are those of
+    `factorjax.factorizations._tensor_operator.AbstractTensorOperator`.
 
     Example:
         >>> import jax
@@ -236,6 +202,10 @@ class TensorRing(AbstractOperator):
     # Each core has its own shape: `_`-prefixed names are not bound across the tuple.
     cores: tuple[Float[Array, "_r _n _s"], ...]
     n_out: int | None = eqx.field(static=True, default=None)
+
+    # `init_matrix` and `from_matrix` balance a side whose modes are not given into 2 modes,
+    # whatever the length of the other side's.
+    _default_order: ClassVar[int | None] = 2
 
     def __check_init__(self):
         if not isinstance(self.cores, tuple) or len(self.cores) == 0:
@@ -262,7 +232,6 @@ class TensorRing(AbstractOperator):
                     f"{c.shape[2]} but `cores[{(k + 1) % d}]` of shape {nxt.shape} starts with "
                     f"{nxt.shape[0]} (core k is (r_k, n_k, r_(k+1)) with r_d = r_0)."
                 )
-        _check_n_out(self.n_out, d)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -300,24 +269,17 @@ class TensorRing(AbstractOperator):
         Returns:
             A `TensorRing`.
         """
-        shape = _check_shape(shape)
+        shape = check_shape("shape", shape, min_order=1)
         d = len(shape)
         ranks = _check_ranks("rank", rank, d)
-        n_out = _check_n_out(n_out, d)
+        n_out = check_n_out(n_out, d)
         dtype = jnp.result_type(float) if dtype is None else dtype
         if init == "small":
             if std is not None:
                 raise ValueError("`std` is only used with init='std'; got init='small'.")
             scales = [small_std(alpha, ranks[k]) for k in range(d)]
         else:
-            if n_out is None and init in ("glorot", "he", "lecun"):
-                raise ValueError(
-                    f"init={init!r} targets the fans of a matrix view: pass `n_out` (the number "
-                    "of output modes), or use init='std' or init='small' for a plain tensor."
-                )
-            fan_out = math.prod(shape[:n_out]) if n_out else 1
-            fan_in = math.prod(shape[n_out:]) if n_out else 1
-            var = target_variance(init, fan_in=fan_in, fan_out=fan_out, std=std, alpha=alpha)
+            var = matrix_target(init, shape, n_out, std, alpha)
             scales = [factor_std(var, math.prod(ranks), d)] * d
         shapes = [(ranks[k], shape[k], ranks[(k + 1) % d]) for k in range(d)]
         # One draw for all cores (one PRNG kernel to compile, not d), cut into the cores.
@@ -327,37 +289,6 @@ class TensorRing(AbstractOperator):
             cores.append(scales[k] * flat[start : start + math.prod(s)].reshape(s))
             start += math.prod(s)
         return cls(tuple(cores), n_out)
-
-    @classmethod
-    def init_matrix(
-        cls,
-        d_out: Any,
-        d_in: Any,
-        rank: Any,
-        *,
-        key: PRNGKeyArray,
-        out_modes: Any = None,
-        in_modes: Any = None,
-        order: Any = None,
-        **kwargs,
-    ) -> "TensorRing":
-        """Random cores of a weight ``(d_out, d_in)`` tensorized as ``out_modes + in_modes``.
-
-        Arguments:
-            d_out, d_in: the shape of ``W``.
-            rank: an int or a tuple of ``len(out_modes) + len(in_modes)`` ranks.
-            key: a JAX PRNG key.
-            out_modes, in_modes: modes with products ``d_out`` and ``d_in``; default
-                ``balanced_modes(d, order)``.
-            order: the number of modes of a side whose modes are not given (default 2).
-            **kwargs: ``init``, ``std``, ``alpha``, ``dtype`` as in `init` (fans ``d_in``,
-                ``d_out``).
-
-        Returns:
-            A `TensorRing` with ``n_out = len(out_modes)``.
-        """
-        out_modes, in_modes = _resolve_modes(d_out, d_in, out_modes, in_modes, order)
-        return cls.init(out_modes + in_modes, rank, key=key, n_out=len(out_modes), **kwargs)
 
     @classmethod
     def from_dense(
@@ -390,7 +321,7 @@ class TensorRing(AbstractOperator):
         """
         a = as_real_array("a", a, min_ndim=1)
         shape, d = a.shape, a.ndim
-        n_out = _check_n_out(n_out, d)
+        n_out = check_n_out(n_out, d)
         if rank is not None and rtol is not None:
             raise ValueError(
                 f"pass at most one of `rank` and `rtol`; got rank={rank}, rtol={rtol}."
@@ -467,12 +398,8 @@ class TensorRing(AbstractOperator):
         Returns:
             A `TensorRing` with ``n_out = len(out_modes)``.
         """
-        w = as_real_array("w", w)
-        if w.ndim != 2:
-            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
-        out_modes, in_modes = _resolve_modes(*w.shape, out_modes, in_modes, order)
-        t = matrix_to_tensor(w, out_modes, in_modes)
-        return cls.from_dense(t, rank, rtol=rtol, n_out=len(out_modes))
+        t, n_out = cls._tensorize(w, out_modes, in_modes, order)
+        return cls.from_dense(t, rank, rtol=rtol, n_out=n_out)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -489,22 +416,6 @@ class TensorRing(AbstractOperator):
     def rank(self) -> int:
         """The largest bond ``max(ranks)``."""
         return max(self.ranks)
-
-    def _matrix_view(self) -> int:
-        if self.n_out is None:
-            raise ValueError(
-                "this TensorRing is a plain tensor (n_out=None) and has no matrix view; build it "
-                "with `n_out=` (or with init_matrix / from_matrix) to apply it as an operator."
-            )
-        return self.n_out
-
-    @property
-    def out_features(self) -> int:
-        return math.prod(self.shape[: self._matrix_view()])
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self.shape[self._matrix_view() :])
 
     # --- dense ----------------------------------------------------------------------------
 
@@ -538,10 +449,6 @@ class TensorRing(AbstractOperator):
         N = math.prod(s[1] for s in shapes[:-1])
         r, m, _ = shapes[-1]
         return flops + 2 * a * N * r * m
-
-    def to_matrix(self) -> Float[Array, "d_out d_in"]:
-        """The weight ``(d_out, d_in)`` of the matrix view."""
-        return self.to_dense().reshape(self.out_features, self.in_features)
 
     # --- truncation -----------------------------------------------------------------------
 
@@ -593,7 +500,7 @@ class TensorRing(AbstractOperator):
           the ``r_0 r_{n_out}`` bond pair: a low-rank product.
         - ``"dense"``: rebuild ``W``, then one matmul.
         """
-        self._matrix_view()
+        self._view()
         return (
             self._inputs_first(batch),
             self._inputs_first_reversed(batch),

@@ -31,19 +31,12 @@ from jaxtyping import Float, PRNGKeyArray
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, check_tolerance, describe
 from factorjax.factorizations._init import small_std
-from factorjax.factorizations._operator import (
-    AbstractOperator,
-    Candidate,
-    Order,
-    dense_candidate,
-)
-from factorjax.factorizations._tensorize import matrix_to_tensor
-from factorjax.factorizations.cp import (
+from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._tensor_operator import (
+    AbstractTensorOperator,
     check_n_out,
     check_shape,
-    matrix_modes,
     matrix_target,
-    no_view_error,
 )
 
 __all__ = ["Tucker"]
@@ -250,13 +243,16 @@ def _orthonormalize(core: Array, factors) -> tuple[tuple[Array, ...], Array]:
 # ---------------------------------------------------------------------------------------------
 
 
-class Tucker(AbstractOperator):
+class Tucker(AbstractTensorOperator):
     """A Tucker tensor ``G ×_1 A_1 ... ×_d A_d`` of order ``d >= 2``.
 
     Fields:
         core: ``(r_1, ..., r_d)``.
         factors: ``d`` matrices ``(n_k, r_k)``, ``r_k <= n_k``.
         n_out: ``None`` for a plain tensor, or the number of leading output modes (static).
+
+    The matrix view (`out_modes`, `in_modes`, `to_matrix`), `init_matrix` and `with_n_out`
+    are those of `factorjax.factorizations._tensor_operator.AbstractTensorOperator`.
     """
 
     core: Float[Array, "..."]
@@ -277,7 +273,6 @@ class Tucker(AbstractOperator):
                     f"columns (axis {k} of `core`); got {describe(f)}."
                 )
         resolve_ranks(g.shape, tuple(f.shape[0] for f in fs))
-        check_n_out(self.n_out, len(fs))
 
     # -- construction -------------------------------------------------------------------------
 
@@ -340,34 +335,6 @@ class Tucker(AbstractOperator):
         return cls(core, factors, n_out)
 
     @classmethod
-    def init_matrix(
-        cls,
-        d_out: Any,
-        d_in: Any,
-        rank: Any,
-        *,
-        key: PRNGKeyArray,
-        out_modes: Any = None,
-        in_modes: Any = None,
-        order: Any = None,
-        **kwargs,
-    ) -> "Tucker":
-        """`init` of the weight ``(d_out, d_in)`` tensorized as ``out_modes + in_modes``.
-
-        Arguments:
-            d_out, d_in: the shape of the weight.
-            rank: the multilinear rank (as in `init`).
-            key: a JAX PRNG key.
-            out_modes, in_modes: the modes (products ``d_out`` and ``d_in``); by default
-                ``balanced_modes(d, order)``.
-            order: the number of modes on a side whose modes are not given (default: the
-                length of the given modes, else 2).
-            **kwargs: ``init``, ``std``, ``alpha``, ``dtype`` as in `init`.
-        """
-        out_modes, in_modes = matrix_modes(d_out, d_in, out_modes, in_modes, order)
-        return cls.init(out_modes + in_modes, rank, key=key, n_out=len(out_modes), **kwargs)
-
-    @classmethod
     def from_dense(
         cls,
         a: ArrayLike,
@@ -423,16 +390,8 @@ class Tucker(AbstractOperator):
             out_modes, in_modes, order: as in `init_matrix`.
             **kwargs: ``rtol``, ``n_iter`` as in `from_dense`.
         """
-        w = as_real_array("w", w)
-        if w.ndim != 2:
-            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
-        out_modes, in_modes = matrix_modes(*w.shape, out_modes, in_modes, order)
-        t = matrix_to_tensor(w, out_modes, in_modes)
-        return cls.from_dense(t, rank, n_out=len(out_modes), **kwargs)
-
-    def with_n_out(self, n_out: Any) -> "Tucker":
-        """The same tensor with the matrix view of its first ``n_out`` modes as output."""
-        return Tucker(self.core, self.factors, check_n_out(n_out, len(self.factors)))
+        t, n_out = cls._tensorize(w, out_modes, in_modes, order)
+        return cls.from_dense(t, rank, n_out=n_out, **kwargs)
 
     # -- the tensor ---------------------------------------------------------------------------
 
@@ -480,32 +439,7 @@ class Tucker(AbstractOperator):
         core, us = _decompose(g, rank, rtol, self.ranks, "current rank")
         return Tucker(core, tuple(q @ u for q, u in zip(qs, us, strict=True)), self.n_out)
 
-    # -- the matrix view ----------------------------------------------------------------------
-
-    def _view(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if self.n_out is None:
-            raise no_view_error("Tucker")
-        return self.shape[: self.n_out], self.shape[self.n_out :]
-
-    @property
-    def out_modes(self) -> tuple[int, ...]:
-        return self._view()[0]
-
-    @property
-    def in_modes(self) -> tuple[int, ...]:
-        return self._view()[1]
-
-    @property
-    def out_features(self) -> int:
-        return math.prod(self._view()[0])
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self._view()[1])
-
-    def to_matrix(self) -> Float[Array, "d_out d_in"]:
-        out_modes, in_modes = self._view()
-        return self.to_dense().reshape(math.prod(out_modes), math.prod(in_modes))
+    # -- application --------------------------------------------------------------------------
 
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """``"factored"``: project ``x`` on the input factors mode by mode, one matmul with
