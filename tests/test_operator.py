@@ -15,15 +15,19 @@ def _cands(*orders):
 
 
 def test_choose_weights_chains_against_one_matmul():
-    """A chain is chosen over "dense" only when its FLOPs times CHAIN_PENALTY are fewer."""
-    p = _operator.CHAIN_PENALTY
-    gemm = 1000
+    """A chain is chosen over "dense" only when its cost (FLOPs times CHAIN_PENALTY, plus
+    BYTE_COST per byte of its peak) is lower."""
+    p, b = _operator.CHAIN_PENALTY, _operator.BYTE_COST
+    gemm = 10**6
     dense = Order("dense", gemm + 100, 64, gemm)  # 100 FLOPs of reconstruction, also a chain
-    dense_score = 100 * p + gemm
-    cheap = Order("chain", int(dense_score / p) - 1, 8)
-    dear = Order("chain", int(dense_score / p) + 1, 8)
+    dense_cost = 100 * p + gemm + 64 * b
+    cheap = Order("chain", int((dense_cost - 8 * b) / p) - 1, 8)
+    dear = Order("chain", int((dense_cost - 8 * b) / p) + 1, 8)
     assert choose(_cands(cheap, dense)).order.name == "chain"
     assert choose(_cands(dear, dense)).order.name == "dense"
+    # A large intermediate costs: the same FLOPs with a peak of 1 MB lose to dense.
+    heavy = Order("chain", cheap.flops, 2**20)
+    assert choose(_cands(heavy, dense)).order.name == "dense"
 
 
 def test_choose_breaks_ties_by_peak_memory():

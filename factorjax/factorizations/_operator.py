@@ -85,23 +85,29 @@ class Plan(NamedTuple):
         return "\n".join(rows)
 
 
-# A chain of small contractions (every order but the final matmul of "dense", and the
-# reconstruction of W inside "dense") runs at a lower FLOP rate than one large matmul: it
-# reshapes and transposes between steps and its operands are small. Its FLOPs count this many
-# times when orders are compared. Measured with benchmarks/layers.py on a 2-core CPU: chains
-# reached 1/3 to 1/4 of the dense matmul's GFLOP/s (see docs/benchmarks.md).
+# The cost model: time ~ FLOPs at the rate of the kind of work, plus memory traffic. A chain
+# of small contractions (every order but the final matmul of "dense", and the reconstruction
+# of W inside "dense") runs at a lower FLOP rate than one large matmul: it reshapes and
+# transposes between steps and its operands are small, so its FLOPs count CHAIN_PENALTY times.
+# Every byte of an order's largest intermediate is written, transposed and read back (twice
+# more under a gradient), and counts as BYTE_COST FLOPs. Fitted on the grid of
+# benchmarks/layers.py on a 2-core CPU (see docs/benchmarks.md): chains reached 1/3 to 1/4 of
+# the dense matmul's GFLOP/s, and orders with large intermediates ran memory-bound.
 CHAIN_PENALTY = 4.0
+BYTE_COST = 256.0
 
 
 def _score(order: Order) -> tuple[float, int]:
     chain = order.flops - order.gemm_flops
-    return (chain * CHAIN_PENALTY + order.gemm_flops, order.peak_bytes)
+    cost = chain * CHAIN_PENALTY + order.gemm_flops + BYTE_COST * order.peak_bytes
+    return (cost, order.peak_bytes)
 
 
 def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
-    """The candidate named ``order``, or with ``order="auto"`` the cheapest: fewest FLOPs
-    (those of chains of small contractions weighted by `CHAIN_PENALTY` against those of one
-    large matmul), then smallest peak."""
+    """The candidate named ``order``, or with ``order="auto"`` the cheapest under the cost
+    model: FLOPs (those of chains of small contractions weighted by `CHAIN_PENALTY` against
+    those of one large matmul) plus `BYTE_COST` per byte of the largest intermediate; ties go
+    to the smaller peak."""
     names = tuple(c.order.name for c in candidates)
     if order == "auto":
         return min(candidates, key=lambda c: _score(c.order))
