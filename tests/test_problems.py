@@ -58,7 +58,11 @@ NAMES = list(MAKERS)
 
 @functools.cache
 def problem(name):
-    return MAKERS[name](jax.random.key(0))
+    """The float32 problem ``name`` from key 0, made once: also when the first test to ask runs
+    under the ``x64`` fixture (the cache would otherwise hand float64 leaves to float32 tests;
+    those tests cast with `as_float64`)."""
+    with jax.enable_x64(False):
+        return MAKERS[name](jax.random.key(0))
 
 
 # ---------------------------------------------------------------------------------------------
