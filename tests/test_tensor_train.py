@@ -28,8 +28,7 @@ import tensorly
 from jax.test_util import check_grads
 from tensorly import tt_matrix as tl_tt_matrix
 
-from factorjax.factorizations import _operator
-from factorjax.factorizations.tensor_train import TensorTrain, TTMatrix
+from factorjax.factorizations import TensorTrain, TTMatrix, _operator
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)

@@ -12,7 +12,8 @@ from factorjax.factorizations.deep_lowrank import DeepLowRank
 from factorjax.factorizations.kronecker import Kronecker
 from factorjax.factorizations.lowrank import LowRank
 from factorjax.factorizations.tensor_ring import TensorRing
-from factorjax.factorizations.tensor_train import TensorTrain, TTMatrix
+from factorjax.factorizations.tensor_train import TensorTrain
+from factorjax.factorizations.tt_matrix import TTMatrix
 from factorjax.factorizations.tubal_lowrank import SymmetricTubalLowRank, TubalLowRank
 from factorjax.factorizations.tucker import Tucker
 

@@ -1,0 +1,312 @@
+"""TT-matrices (matrix product operators): a weight ``W`` of shape ``(d_out, d_in)`` tensorized
+as ``out_modes`` and ``in_modes`` (row-major), with cores ``(r_{k-1}, out_k, in_k, r_k)``:
+``W[(o_1 ... o_d), (i_1 ... i_d)] = G_1[:, o_1, i_1, :] ... G_d[:, o_d, i_d, :]``.
+
+It is the tensor train (`factorjax.factorizations.tensor_train`) of the tensor with the
+interleaved modes ``(o_1 i_1, ..., o_d i_d)``, and uses its TT-SVD, rounding and rank rules.
+"""
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+from jaxtyping import Float, PRNGKeyArray
+
+from factorjax._checks import as_real_array, check_positive_int, describe
+from factorjax.factorizations._operator import (
+    AbstractOperator,
+    Candidate,
+    Order,
+    dense_candidate,
+)
+from factorjax.factorizations._tensorize import balanced_modes, check_modes
+from factorjax.factorizations.tensor_train import (
+    _chain_order,
+    _check_cap,
+    _check_train,
+    _contract,
+    _init_cores,
+    _resolve_ranks,
+    _split_rank_rtol,
+    _tt_round,
+    _tt_svd,
+)
+
+
+def _resolve_modes(d_out, d_in, out_modes, in_modes, order) -> tuple[tuple, tuple]:
+    if order is not None:
+        order = check_positive_int("order", order)
+    if out_modes is not None:
+        out_modes = check_modes("out_modes", out_modes, d_out)
+    if in_modes is not None:
+        in_modes = check_modes("in_modes", in_modes, d_in)
+    if out_modes is not None and in_modes is not None and len(out_modes) != len(in_modes):
+        raise ValueError(
+            f"`out_modes` and `in_modes` must have the same length (one pair per core); got "
+            f"{out_modes!r} and {in_modes!r}."
+        )
+    for name, modes in (("out_modes", out_modes), ("in_modes", in_modes)):
+        if modes is not None and order is not None and len(modes) != order:
+            raise ValueError(f"`{name}` must have `order` = {order} modes; got {modes!r}.")
+    d = order or len(out_modes or in_modes or ()) or 3
+    out_modes = balanced_modes(d_out, d) if out_modes is None else out_modes
+    in_modes = balanced_modes(d_in, d) if in_modes is None else in_modes
+    return out_modes, in_modes
+
+
+def _unflatten(cores, out_modes, in_modes) -> tuple[Array, ...]:
+    """3-d cores ``(r, out_k in_k, r')`` to TT-matrix cores ``(r, out_k, in_k, r')``."""
+    z = zip(cores, out_modes, in_modes, strict=True)
+    return tuple(c.reshape(c.shape[0], o, i, c.shape[-1]) for c, o, i in z)
+
+
+def _interleave(d: int) -> list[int]:
+    """Axes ``(o_1, ..., o_d, i_1, ..., i_d)`` to ``(o_1, i_1, ..., o_d, i_d)``."""
+    return [ax for k in range(d) for ax in (k, d + k)]
+
+
+class TTMatrix(AbstractOperator):
+    """A weight ``W`` of shape ``(d_out, d_in)`` as a TT-matrix (matrix product operator).
+
+    Cores are ``(r_{k-1}, out_k, in_k, r_k)`` with ``r_0 = r_d = 1``, row-major multi-indices:
+    ``W[(o_1 ... o_d), (i_1 ... i_d)] = G_1[:, o_1, i_1, :] ... G_d[:, o_d, i_d, :]`` (the
+    layout of tensorly's ``tt_matrix``). It is the TT of the tensor with the interleaved modes
+    ``(o_1 i_1, ..., o_d i_d)``, so the TT ranks are bounded with ``n_k = out_k in_k``.
+
+    Example:
+        >>> import jax
+        >>> from factorjax import TTMatrix
+        >>> W = TTMatrix.init(64, 27, 4, key=jax.random.key(0))
+        >>> W.out_modes, W.in_modes, W.ranks
+        ((4, 4, 4), (3, 3, 3), (4, 4))
+        >>> W(jax.numpy.ones(27)).shape
+        (64,)
+    """
+
+    cores: tuple[Float[Array, "_r0 _o _i _r1"], ...]
+
+    def __init__(self, cores: Sequence[Array]):
+        self.cores = tuple(cores) if isinstance(cores, Sequence) else cores
+
+    def __check_init__(self):
+        _check_train(self.cores, 4, "(r_(k-1), out_k, in_k, r_k)")
+
+    @classmethod
+    def init(
+        cls,
+        d_out: Any,
+        d_in: Any,
+        rank: Any,
+        *,
+        key: PRNGKeyArray,
+        out_modes: Any = None,
+        in_modes: Any = None,
+        order: Any = None,
+        init: Any = "glorot",
+        std: Any = None,
+        alpha: Any = None,
+        dtype=None,
+    ) -> "TTMatrix":
+        """Random cores.
+
+        Arguments:
+            d_out, d_in: the shape of ``W``.
+            rank: an int (a cap on every inner rank, clipped to what the modes allow) or the
+                tuple of the ``d - 1`` inner ranks (validated).
+            key: a JAX PRNG key.
+            out_modes, in_modes: the tensorizations of ``d_out`` and ``d_in`` (same length
+                ``d``); by default `balanced_modes` of ``order`` modes.
+            order: the number of cores ``d`` (default: the length of the given modes, else 3).
+            init: ``"glorot"``, ``"he"``, ``"lecun"`` or ``"std"`` target the variance of the
+                entries of ``W`` (fans ``d_in``, ``d_out``): every core gets the entry std
+                ``s = (Var / (r_1 ... r_{d-1}))^(1 / 2d)``, as each entry of ``W`` sums
+                ``r_1 ... r_{d-1}`` products of ``d`` entries. (Dividing ``std`` by the product
+                of the ranks instead of its square root, as tensorly-torch's ``normal_`` does,
+                leaves ``W`` ``sqrt(r_1 ... r_{d-1})`` times too small.) ``"small"``: core
+                ``k`` has entries ``N(0, alpha^2 / r_{k-1})``, so ``Var(W) = alpha^(2d)``.
+            std: the target standard deviation of ``W`` for ``init="std"``.
+            alpha: the scale for ``init="small"``.
+            dtype: floating dtype of the cores.
+
+        Returns:
+            A `TTMatrix`.
+        """
+        d_out = check_positive_int("d_out", d_out)
+        d_in = check_positive_int("d_in", d_in)
+        out_modes, in_modes = _resolve_modes(d_out, d_in, out_modes, in_modes, order)
+        ranks = _resolve_ranks(rank, [o * i for o, i in zip(out_modes, in_modes, strict=True)])
+        full = [1, *ranks, 1]
+        shapes = [
+            (full[k], o, i, full[k + 1])
+            for k, (o, i) in enumerate(zip(out_modes, in_modes, strict=True))
+        ]
+        return cls(_init_cores(shapes, key, init, std, alpha, dtype, d_in, d_out))
+
+    @classmethod
+    def from_dense(
+        cls,
+        w: ArrayLike,
+        rank: Any = None,
+        *,
+        rtol: Any = None,
+        out_modes: Any = None,
+        in_modes: Any = None,
+        order: Any = None,
+    ) -> "TTMatrix":
+        """TT-SVD of ``W`` tensorized with the interleaved modes ``(o_1 i_1, ..., o_d i_d)``.
+
+        Arguments:
+            w: real matrix ``(d_out, d_in)``.
+            rank: an int cap on every inner rank (clipped) or the tuple of the inner ranks;
+                jittable.
+            rtol: instead of ``rank``: ranks with ``||W - TT||_F <= rtol ||W||_F``; needs
+                concrete values. With neither, the exact TT-matrix.
+            out_modes, in_modes, order: the tensorization, as in `init`.
+
+        Returns:
+            A `TTMatrix`.
+        """
+        w = as_real_array("w", w)
+        if w.ndim != 2:
+            raise ValueError(f"`w` must be a matrix (d_out, d_in); got {describe(w)}.")
+        out_modes, in_modes = _resolve_modes(*w.shape, out_modes, in_modes, order)
+        d = len(out_modes)
+        modes = [o * i for o, i in zip(out_modes, in_modes, strict=True)]
+        tol = _split_rank_rtol(rank, rtol)
+        ranks = _resolve_ranks(math.prod(modes) if rank is None else rank, modes)
+        t = w.reshape(*out_modes, *in_modes).transpose(_interleave(d)).reshape(modes)
+        return cls(_unflatten(_tt_svd(t, ranks, tol), out_modes, in_modes))
+
+    @property
+    def out_modes(self) -> tuple[int, ...]:
+        return tuple(c.shape[1] for c in self.cores)
+
+    @property
+    def in_modes(self) -> tuple[int, ...]:
+        return tuple(c.shape[2] for c in self.cores)
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.in_modes)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.out_modes)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The inner TT ranks ``(r_1, ..., r_{d-1})``."""
+        return tuple(c.shape[-1] for c in self.cores[:-1])
+
+    @property
+    def rank(self) -> int:
+        """The largest inner TT rank (1 for a single core)."""
+        return max(self.ranks, default=1)
+
+    def _flat(self) -> tuple[Array, ...]:
+        return tuple(c.reshape(c.shape[0], -1, c.shape[-1]) for c in self.cores)
+
+    def _unflat(self, cores) -> "TTMatrix":
+        return TTMatrix(_unflatten(cores, self.out_modes, self.in_modes))
+
+    def to_matrix(self) -> Float[Array, "d_out d_in"]:
+        return _ttm_to_matrix(self.cores)
+
+    def to_dense(self) -> Float[Array, "d_out d_in"]:
+        return self.to_matrix()
+
+    def reconstruction_flops(self) -> int:
+        ranks_full = [c.shape[0] for c in self.cores] + [1]
+        sizes = [o * i for o, i in zip(self.out_modes, self.in_modes, strict=True)]
+        return _chain_order(ranks_full, sizes)[0]
+
+    def round(self, rtol: Any = None, rank: Any = None) -> "TTMatrix":
+        """TT rounding of the cores, as `TensorTrain.round` (``rtol`` bounds
+        ``||W - W'||_F <= rtol ||W||_F``)."""
+        return self._unflat(_tt_round(self._flat(), rank, rtol))
+
+    def truncate(self, rank: Any) -> "TTMatrix":
+        """`round` to the max rank ``rank`` (an int in ``[1, self.rank]``)."""
+        return self.round(rank=_check_cap(rank, self.rank))
+
+    def candidates(self, batch: int) -> tuple[Candidate, ...]:
+        """``"right-to-left"`` (from the last core: each step absorbs ``in_k`` and ``r_k``
+        and emits ``out_k``, ``r_{k-1}``), ``"left-to-right"`` (from the first core) and
+        ``"dense"``. Step ``k`` of right-to-left costs
+        ``2 B (in_1 ... in_{k-1}) (out_{k+1} ... out_d) r_{k-1} out_k in_k r_k``;
+        left-to-right mirrors it."""
+        o, i = self.out_modes, self.in_modes
+        r = [c.shape[0] for c in self.cores] + [1]
+        item = jnp.dtype(self.dtype).itemsize
+
+        def sweep(name, absorbed, emitted, fn):
+            # left-to-right is right-to-left with the roles of in_k and out_k exchanged: step k
+            # holds absorbed_1 ... absorbed_(k-1) and emitted_(k+1) ... emitted_d
+            d, a, e = len(r) - 1, absorbed, emitted
+            flops = sum(
+                2 * batch * math.prod(a[:k]) * math.prod(e[k + 1 :]) * r[k] * o[k] * i[k] * r[k + 1]
+                for k in range(d)
+            )
+            peak = max(
+                (batch * math.prod(a[:k]) * r[k] * math.prod(e[k:]) for k in range(1, d)),
+                default=0,
+            )
+            return Candidate(Order(name, flops, peak * item), functools.partial(fn, self.cores))
+
+        return (
+            sweep("right-to-left", i, o, _ttm_right_to_left),
+            sweep("left-to-right", o, i, _ttm_left_to_right),
+            dense_candidate(self, batch),
+        )
+
+
+# The contractions of `TTMatrix`, jitted so that eager calls run one cached program per shape.
+
+
+@jax.jit
+def _ttm_to_matrix(cores: tuple[Array, ...]) -> Array:
+    out_modes = [c.shape[1] for c in cores]
+    in_modes = [c.shape[2] for c in cores]
+    d = len(cores)
+    flat = tuple(c.reshape(c.shape[0], -1, c.shape[-1]) for c in cores)
+    t = _contract(flat).reshape([m for pair in zip(out_modes, in_modes, strict=True) for m in pair])
+    inverse = [*range(0, 2 * d, 2), *range(1, 2 * d, 2)]
+    return t.transpose(inverse).reshape(math.prod(out_modes), math.prod(in_modes))
+
+
+@jax.jit
+def _ttm_right_to_left(cores: tuple[Array, ...], x: Array) -> Array:
+    # state (B i_1 ... i_{k-1}, i_k, r_k, o_{k+1} ... o_d): one contraction of (i_k, r_k) per
+    # core; the next state is a reshape of its output.
+    B, i = x.shape[0], [c.shape[2] for c in cores]
+    z = x.reshape(B * math.prod(i[:-1]), i[-1], 1, 1)
+    for k in range(len(cores) - 1, -1, -1):
+        y = jnp.einsum("airp,soir->asop", z, cores[k])
+        if k > 0:
+            z = y.reshape(B * math.prod(i[: k - 1]), i[k - 1], y.shape[1], -1)
+    return y.reshape(B, -1)
+
+
+@jax.jit
+def _ttm_left_to_right(cores: tuple[Array, ...], x: Array) -> Array:
+    # state (B o_1 ... o_{k-1}, r_{k-1}, i_k, i_{k+1} ... i_d): one contraction of
+    # (r_{k-1}, i_k) per core.
+    B, i = x.shape[0], [c.shape[2] for c in cores]
+    z = x.reshape(B, 1, i[0], -1)
+    for k, g in enumerate(cores):
+        y = jnp.einsum("criq,rois->cosq", z, g)
+        if k < len(cores) - 1:
+            z = y.reshape(-1, g.shape[-1], i[k + 1], z.shape[-1] // i[k + 1])
+    return y.reshape(B, -1)
+
+
+__all__ = ["TTMatrix"]
