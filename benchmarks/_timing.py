@@ -53,15 +53,23 @@ def _ready(out):
     return jax.block_until_ready(out)
 
 
-def time_rounds(fns, rounds):
-    """Best time of each ``name: thunk`` over interleaved rounds (reversed every other one)."""
+def time_rounds(fns, rounds, min_block_s=0.0):
+    """Best time per call of each ``name: thunk`` over interleaved rounds (the order reversed
+    every other round). With ``min_block_s``, a round calls a thunk back to back until the
+    block lasts that long and counts the mean per call: calls of a millisecond are otherwise
+    at the mercy of one scheduler hiccup."""
     times = {name: [] for name in fns}
     for i in range(rounds):
         for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
             time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            _ready(fns[name]())
-            times[name].append(time.perf_counter() - t0)
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                _ready(fns[name]())
+                calls += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= min_block_s:
+                    break
+            times[name].append(elapsed / calls)
     return {name: min(v) for name, v in times.items()}, times
 
 

@@ -25,7 +25,8 @@ their GFLOP/s (the planner's FLOP count over the time; ``2 B d^2`` for the dense
 Tensorization: ``d`` splits into 3 balanced modes on each side (``balanced_modes(d, 3)``). The
 rank is the TT inner rank, the CP rank, and every Tucker mode rank (clipped to the mode sizes).
 float32 throughout. Ratios compare times measured in the same round (interleaved rounds, best
-of each), never absolute times across runs.
+of each; a block of back-to-back calls lasting at least 50 ms per implementation and round,
+so that millisecond calls are averaged), never absolute times across runs.
 """
 
 import argparse
@@ -45,6 +46,8 @@ DIMS = (256, 1024, 4096)
 RANKS = (4, 16, 64)
 BATCHES = (1, 64, 4096)
 FORMATS = ("tt", "cp", "tucker")
+# A timed block of calls lasts at least this long (one call of the large points does).
+MIN_BLOCK_S = 0.05
 TARGETS = {"median_over_tltorch": 1.5, "worst_over_tltorch": 0.9, "planner_over_best": 0.9}
 
 
@@ -155,7 +158,7 @@ def point(fmt, d, r, B, rounds):
     jax.block_until_ready(fwd_dense(Wd, x))
     fns["fwd:planned"] = fwd_planned
     fns["fwd:dense"] = lambda: fwd_dense(Wd, x)
-    best, _ = time_rounds(fns, rounds)
+    best, _ = time_rounds(fns, rounds, min_block_s=MIN_BLOCK_S)
     cand = {o.name: best[f"fj:{o.name}"] for o in plan.candidates}
     planned = cand[plan.order]
     tl_best = min(best["tl:factorized"], best["tl:reconstructed"])
