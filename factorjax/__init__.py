@@ -1,6 +1,6 @@
 """factorjax: differentiable factorizations as JAX pytrees."""
 
-from factorjax import factorizations, linalg, tubal
+from factorjax import factorizations, linalg, nn, tubal
 from factorjax.factorizations import (
     CP,
     AbstractFactorization,
@@ -31,5 +31,6 @@ __all__ = [
     "Tucker",
     "factorizations",
     "linalg",
+    "nn",
     "tubal",
 ]

@@ -5,7 +5,20 @@ batch of inputs along the contraction order their planner picks (`AbstractOperat
 """
 
 from factorjax.factorizations._base import AbstractFactorization
+from factorjax.factorizations._masks import (
+    leading_mask,
+    mask_ranks,
+    nested_dropout_mask,
+    rank_axes,
+    tensor_dropout_mask,
+)
 from factorjax.factorizations._operator import AbstractOperator, Order, Plan
+from factorjax.factorizations._registry import (
+    FORMATS,
+    make_operator,
+    operator_from_dense,
+    resolve_rank,
+)
 from factorjax.factorizations._tensorize import balanced_modes
 from factorjax.factorizations.cp import CP
 from factorjax.factorizations.deep_lowrank import DeepLowRank
@@ -19,6 +32,7 @@ from factorjax.factorizations.tucker import Tucker
 
 __all__ = [
     "CP",
+    "FORMATS",
     "AbstractFactorization",
     "AbstractOperator",
     "DeepLowRank",
@@ -33,4 +47,12 @@ __all__ = [
     "TubalLowRank",
     "Tucker",
     "balanced_modes",
+    "leading_mask",
+    "make_operator",
+    "mask_ranks",
+    "nested_dropout_mask",
+    "operator_from_dense",
+    "rank_axes",
+    "resolve_rank",
+    "tensor_dropout_mask",
 ]

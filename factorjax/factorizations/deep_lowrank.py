@@ -11,9 +11,9 @@ from jaxtyping import Float, PRNGKeyArray
 
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
-from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
-from factorjax.factorizations.lowrank import check_vector, lowrank_svd, resolve_rank
+from factorjax.factorizations._operator import AbstractOperator, Candidate, Order, dense_candidate
+from factorjax.factorizations.lowrank import lowrank_svd, resolve_rank
 
 
 def _chain(mats: Sequence[Array]) -> Array:
@@ -32,7 +32,7 @@ def _balanced(U: Array, s: Array, Vh: Array, depth: int) -> tuple[Array, ...]:
     return (first, *middle, last)
 
 
-class DeepLowRank(AbstractFactorization):
+class DeepLowRank(AbstractOperator):
     """A deep matrix factorization ``W = W_N ... W_2 W_1`` of any depth and hidden widths.
 
     ``factors[i]`` is ``W_{i+1}`` of shape ``(h_{i+1}, h_i)``, with ``h_0 = d_in`` and
@@ -190,12 +190,36 @@ class DeepLowRank(AbstractFactorization):
         Qt = _chain(self.factors[-2::-1])
         return DeepLowRank(_balanced(*lowrank_svd(P, Qt.T, rank), self.depth))
 
-    def __call__(self, x: ArrayLike) -> Float[Array, " d_out"]:
-        """``W x`` applied factor by factor, never forming ``W``."""
-        x = check_vector(x, self.shape[1])
-        for f in self.factors:
-            x = f @ x
-        return x
+    @property
+    def in_features(self) -> int:
+        return self.factors[0].shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.factors[-1].shape[0]
+
+    def to_matrix(self) -> Float[Array, "d_out d_in"]:
+        return self.to_dense()
+
+    def reconstruction_flops(self) -> int:
+        # the chain W_N ... W_1 from the input side (the order `to_dense` takes is at most this)
+        h = [self.in_features, *(f.shape[0] for f in self.factors)]
+        return sum(2 * h[0] * h[i] * h[i + 1] for i in range(1, len(h) - 1))
+
+    def candidates(self, batch: int) -> tuple[Candidate, ...]:
+        """``"factored"`` (factor by factor from the input: ``2 B sum_i h_i h_{i+1}`` FLOPs)
+        and ``"dense"``."""
+        h = [self.in_features, *(f.shape[0] for f in self.factors)]
+        item = jnp.dtype(self.dtype).itemsize
+        flops = sum(2 * batch * h[i] * h[i + 1] for i in range(len(h) - 1))
+
+        def factored(x):
+            for f in self.factors:
+                x = x @ f.T
+            return x
+
+        peak = max((batch * w for w in h[1:-1]), default=0) * item
+        return (Candidate(Order("factored", flops, peak), factored), dense_candidate(self, batch))
 
 
 __all__ = ["DeepLowRank"]

@@ -10,24 +10,13 @@ from jaxtyping import Float, PRNGKeyArray
 
 from factorjax import _lapack, linalg
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
-from factorjax.factorizations._base import AbstractFactorization
 from factorjax.factorizations._init import small_std, target_variance
+from factorjax.factorizations._operator import AbstractOperator, Candidate, Order, dense_candidate
 
 # Scalar arguments validated by `factorjax._checks` (ranks, sizes, tolerances, scales, the
 # scheme) are annotated `Any`, as in `factorjax.tubal`: a narrower hint (`int`, `float`) would
 # let a runtime type checker reject a valid `np.int64` rank or an int `rtol = 0`, and pre-empt
 # the clear error of `factorjax._checks` with its own. The docstrings state the contract.
-
-
-def check_vector(x: ArrayLike, size: int) -> Array:
-    """Check the one unbatched input of a matrix operator."""
-    x = as_real_array("x", x)
-    if x.shape != (size,):
-        raise ValueError(
-            f"`x` must be one unbatched input of shape ({size},); got {describe(x)}. "
-            "Batch with jax.vmap."
-        )
-    return x
 
 
 def balanced_from_svd(U: Array, s: Array, Vh: Array) -> tuple[Array, Array]:
@@ -44,7 +33,7 @@ def lowrank_svd(P: Array, Q: Array, rank: int) -> tuple[Array, Array, Array]:
     return Qp @ Uc[:, :rank], s[:rank], Vhc[:rank] @ Qq.T
 
 
-class LowRank(AbstractFactorization):
+class LowRank(AbstractOperator):
     """A low-rank matrix ``W = U V^T``, the weight of a factorized linear map ``d_in -> d_out``.
 
     Example:
@@ -157,9 +146,31 @@ class LowRank(AbstractFactorization):
         rank = check_rank("rank", rank, min(self.rank, *self.shape))
         return LowRank(*balanced_from_svd(*lowrank_svd(self.u, self.v, rank)))
 
-    def __call__(self, x: ArrayLike) -> Float[Array, " d_out"]:
-        """``W x`` as ``U (V^T x)``: ``r (d_in + d_out)`` flops instead of ``d_in d_out``."""
-        return self.u @ (self.v.T @ check_vector(x, self.shape[1]))
+    @property
+    def in_features(self) -> int:
+        return self.v.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.u.shape[0]
+
+    def to_matrix(self) -> Float[Array, "d_out d_in"]:
+        return self.to_dense()
+
+    def reconstruction_flops(self) -> int:
+        return 2 * self.u.shape[0] * self.v.shape[0] * self.rank
+
+    def candidates(self, batch: int) -> tuple[Candidate, ...]:
+        """``"factored"`` (``(x V) U^T``: ``2 B r (d_in + d_out)`` FLOPs) and ``"dense"``."""
+        (d_out, d_in), r = self.shape, self.rank
+        item = jnp.dtype(self.dtype).itemsize
+        flops = 2 * batch * r * (d_in + d_out)
+        return (
+            Candidate(
+                Order("factored", flops, batch * r * item), lambda x: (x @ self.v) @ self.u.T
+            ),
+            dense_candidate(self, batch),
+        )
 
 
 def resolve_rank(rank: Any, rtol: Any, s: Array, max_rank: int, weights=None) -> int:
