@@ -3,6 +3,30 @@ as the Equinox layers of `factorjax.nn` (``rngs`` for ``key``, ``deterministic``
 ``inference``). Importing it needs Flax (``pip install factorjax[flax]``); ``import factorjax``
 alone never imports Flax."""
 
+from factorjax.nnx._conv import (
+    FactorizedConv,
+    FactorizedConv1d,
+    FactorizedConv2d,
+    FactorizedConv3d,
+)
+from factorjax.nnx._embedding import FactorizedEmbedding
+from factorjax.nnx._factorize import LayerReport, factorize, from_conv, from_embedding, from_linear
 from factorjax.nnx._linear import FactorizedLinear
+from factorjax.nnx._mpo import SharedMPOStack
+from factorjax.nnx._tubal import TubalLinear
 
-__all__ = ["FactorizedLinear"]
+__all__ = [
+    "FactorizedConv",
+    "FactorizedConv1d",
+    "FactorizedConv2d",
+    "FactorizedConv3d",
+    "FactorizedEmbedding",
+    "FactorizedLinear",
+    "LayerReport",
+    "SharedMPOStack",
+    "TubalLinear",
+    "factorize",
+    "from_conv",
+    "from_embedding",
+    "from_linear",
+]
