@@ -16,6 +16,7 @@ Example:
     True
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -94,10 +95,26 @@ def _builder(format: str, d_out: int, d_in: int, options: dict) -> Callable:
     return lambda r, key, **kw: cls.init_matrix(d_out, d_in, r, key=key, **options, **kw)
 
 
-def _count(build: Callable, rank: Any) -> int:
-    """Parameters of the factorization of rank ``rank``, from shapes only (nothing computed)."""
+@functools.cache
+def _count_cached(format: str, d_out: int, d_in: int, options: tuple, rank: Any) -> int:
+    build = _builder(format, d_out, d_in, dict(options))
     shapes = jax.eval_shape(lambda: build(rank, jax.random.key(0)))
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def _counter(format: str, d_out: int, d_in: int, options: dict) -> Callable[[Any], int]:
+    """``count(rank)``: parameters of the factorization of that rank, from shapes only
+    (nothing computed), cached (a budget search and the layers of a model ask again)."""
+    try:
+        key = tuple(sorted(options.items()))
+        hash(key)
+    except TypeError:  # unhashable options (lists): count without the cache
+        build = _builder(format, d_out, d_in, options)
+        return lambda r: sum(
+            math.prod(leaf.shape)
+            for leaf in jax.tree.leaves(jax.eval_shape(lambda: build(r, jax.random.key(0))))
+        )
+    return lambda r: _count_cached(format, d_out, d_in, key, r)
 
 
 def resolve_rank(format: Any, d_out: Any, d_in: Any, rank: Any, **options) -> Any:
@@ -123,17 +140,17 @@ def resolve_rank(format: Any, d_out: Any, d_in: Any, rank: Any, **options) -> An
             f"parameter count) or 'same'; got {rank!r}."
         )
     budget = fraction * d_out * d_in
-    build = _builder(format, d_out, d_in, options)
-    if _count(build, 1) > budget:
+    count = _counter(format, d_out, d_in, options)
+    if count(1) > budget:
         raise ValueError(
             f"`rank` {rank!r} asks for at most {budget:.0f} parameters (of {d_out * d_in} "
             f"dense), but a rank-1 {format!r} layer of shape ({d_out}, {d_in}) already holds "
-            f"{_count(build, 1)}: give a larger fraction or an int rank."
+            f"{count(1)}: give a larger fraction or an int rank."
         )
     # The count grows with the rank until the format clips it: double to bracket, then bisect.
-    lo, hi, last = 1, 2, _count(build, 1)
+    lo, hi, last = 1, 2, count(1)
     while True:
-        n = _count(build, hi)
+        n = count(hi)
         if n > budget:
             break
         if n == last or hi >= 1 << 20:  # saturated: every larger rank is clipped to this one
@@ -141,7 +158,7 @@ def resolve_rank(format: Any, d_out: Any, d_in: Any, rank: Any, **options) -> An
         lo, hi, last = hi, hi * 2, n
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _count(build, mid) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if count(mid) <= budget else (lo, mid)
     return lo
 
 

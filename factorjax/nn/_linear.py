@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
+from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
 from factorjax._checks import as_real_array, check_choice, check_positive_int, describe
@@ -151,7 +152,7 @@ class FactorizedLinear(eqx.Module):
     @classmethod
     def from_weight(
         cls,
-        weight: AbstractOperator,
+        weight: Any,
         bias: Any = None,
         *,
         order: Any = "auto",
@@ -183,7 +184,7 @@ class FactorizedLinear(eqx.Module):
         return self
 
     def __call__(
-        self, x: Float[Array, "... in_features"], *, key: PRNGKeyArray | None = None, rank=None
+        self, x: ArrayLike, *, key: PRNGKeyArray | None = None, rank: Any = None
     ) -> Float[Array, "... out_features"]:
         """Arguments:
         x: one input ``(in_features,)``, or a batch ``(..., in_features)``.

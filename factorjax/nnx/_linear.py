@@ -4,6 +4,7 @@ from typing import Any
 
 from flax import nnx
 from jax import Array
+from jax.typing import ArrayLike
 
 from factorjax._checks import as_real_array, describe
 from factorjax.factorizations._operator import AbstractOperator
@@ -60,7 +61,7 @@ class FactorizedLinear(nnx.Module):
     @classmethod
     def from_weight(
         cls,
-        weight: AbstractOperator,
+        weight: Any,
         bias: Any = None,
         *,
         rngs: nnx.Rngs | None = None,
@@ -70,8 +71,9 @@ class FactorizedLinear(nnx.Module):
         """The layer holding a given factorization (and bias), as
         `factorjax.nn.FactorizedLinear.from_weight`."""
         layer = eqx_linear.FactorizedLinear.from_weight(weight, bias, **kwargs)
-        self = object.__new__(cls)
-        nnx.Module.__init__(self)
+        # NNX objects are set up by their metaclass: construct a rank-1 layer of the right
+        # shape, then adopt the given factors.
+        self = cls(layer.in_features, layer.out_features, "lowrank", 1, rngs=nnx.Rngs(0))
         self._adopt(layer, rngs, deterministic)
         return self
 
@@ -82,7 +84,7 @@ class FactorizedLinear(nnx.Module):
 
     def __call__(
         self,
-        x: Array,
+        x: ArrayLike,
         *,
         rngs: Any = None,
         rank: Any = None,
