@@ -5,4 +5,7 @@ from factorjax.experiments._registry import Experiment, experiments, get, regist
 __all__ = ["Experiment", "experiments", "get", "register"]
 
 # Modules that register experiments.
-from factorjax.experiments import tubal_implicit_reg  # noqa: F401
+from factorjax.experiments import (
+    digits,  # noqa: F401
+    tubal_implicit_reg,  # noqa: F401
+)

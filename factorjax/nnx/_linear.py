@@ -51,7 +51,7 @@ class FactorizedLinear(nnx.Module):
 
     def _adopt(self, layer: eqx_linear.FactorizedLinear, rngs: Any, deterministic: bool):
         self.weight = as_params(layer.weight)
-        self.bias = None if layer.bias is None else nnx.Param(layer.bias)
+        self.bias = as_params(layer.bias)
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.format, self.order = layer.format, layer.order
         self.rank_dropout, self.rank_dropout_kind = layer.rank_dropout, layer.rank_dropout_kind
