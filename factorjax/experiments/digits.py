@@ -751,6 +751,7 @@ def _figure(cfg: dict, records: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     groups = _groups(records)
     panels = [("train", "test_acc", "trained factorized")]
@@ -787,6 +788,7 @@ def _figure(cfg: dict, records: list[dict], path: Path) -> Path:
                 ax.errorbar(x, y, yerr=e, ls=ls, marker=marker, color=colors[c % len(colors)],
                             label=label, capsize=2, ms=4)  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_xlabel("parameters of the model")
         ax.set_ylabel("test accuracy")
         ax.set_title(title)
