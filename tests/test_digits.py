@@ -13,6 +13,9 @@ pytest.importorskip("flax")
 
 from factorjax.experiments.digits import DigitsConfig, _load_dense, run_digits
 
+# One worker runs the whole file, so the module's small run is computed once (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("digits")
+
 SMALL = dict(hidden=32, seeds=1, steps=20, finetune_steps=10, log_every=10, batch_size=64)
 
 

@@ -256,7 +256,7 @@ def test_check_grads(x64, rng):
         return SharedMPOStack.from_cores(shared, aux, bias, center=s.center,
                                          activation=jnp.tanh)(x)  # fmt: skip
 
-    check_grads(f, (s.shared, s.aux, s.bias, x), order=2, modes=("fwd", "rev"))
+    check_grads(jax.jit(f), (s.shared, s.aux, s.bias, x), order=2, modes=("fwd", "rev"))
     # jit and eager run the same operations, up to XLA's fusion and reassociation
     g_jit = jax.jit(jax.grad(lambda m: jnp.sum(m(x) ** 2)))(s)
     g = jax.grad(lambda m: jnp.sum(m(x) ** 2))(s)
@@ -306,11 +306,12 @@ def test_signal_neither_explodes_nor_vanishes_with_depth(init, std, act, expecte
     2 and 4, where that mean is informative."""
     x = jax.random.normal(jax.random.key(1), (256, 64))
     for depth in (2, 4):
-        ratios = []
-        for seed in range(24):
-            s = SharedMPOStack(depth, 64, 64, 8, init=init, std=std, activation=act,
-                               key=jax.random.key(seed))  # fmt: skip
-            ratios.append(float(jnp.mean(s(x) ** 2) / jnp.mean(x**2)) / expected)
+
+        def ratio(key, depth=depth):
+            s = SharedMPOStack(depth, 64, 64, 8, init=init, std=std, activation=act, key=key)
+            return jnp.mean(s(x) ** 2) / jnp.mean(x**2) / expected
+
+        ratios = np.asarray(jax.vmap(ratio)(jax.random.split(jax.random.key(0), 24)))
         se = np.std(ratios, ddof=1) / math.sqrt(len(ratios))
         assert abs(np.mean(ratios) - 1.0) <= 5 * se, (depth, np.mean(ratios), se)
         assert se < 0.3, (depth, se)  # the mean is informative
