@@ -7,5 +7,6 @@ __all__ = ["Experiment", "experiments", "get", "register"]
 # Modules that register experiments.
 from factorjax.experiments import (
     digits,  # noqa: F401
+    moe_specialization,  # noqa: F401
     tubal_implicit_reg,  # noqa: F401
 )
