@@ -3,6 +3,7 @@
 `factorjax.nnx` has the same layers, with the same names and arguments, for Flax NNX.
 """
 
+from factorjax.moe import BasisMoE, LatentMoE, MultilinearMoE, SparseMoE
 from factorjax.nn._conv import (
     FactorizedConv,
     FactorizedConv1d,
@@ -16,14 +17,18 @@ from factorjax.nn._mpo import SharedMPOStack
 from factorjax.nn._tubal import TubalLinear
 
 __all__ = [
+    "BasisMoE",
     "FactorizedConv",
     "FactorizedConv1d",
     "FactorizedConv2d",
     "FactorizedConv3d",
     "FactorizedEmbedding",
     "FactorizedLinear",
+    "LatentMoE",
     "LayerReport",
+    "MultilinearMoE",
     "SharedMPOStack",
+    "SparseMoE",
     "TubalLinear",
     "factorize",
     "from_conv",
