@@ -12,14 +12,20 @@ of ``B`` tokens of width ``d``, and reads the compiled program's memory (argumen
 temporaries, from XLA's ``memory_analysis``: the parameters and their gradients included) of:
 
 - ``cp-mumoe`` and ``tr-mumoe``: `factorjax.moe.MultilinearMoE` in CP and tensor-ring form at a
-  fixed rank (the expert weight tensor ``(E, d, d)`` is never built);
+  fixed rank, with the authors' entmax-1.5 gate (the expert weight tensor ``(E, d, d)`` is
+  never built); ``cp-mumoe-softmax``: the CP layer with a softmax gate, to separate the cost
+  of the gate's sort (``E log E`` per token) from that of the factors; ``cp-mumoe-h3`` and
+  ``tr-mumoe-h3``: the hierarchical layers with three levels of gates, ``E = E_1 E_2 E_3``
+  balanced (``balanced_modes(E, 3)``: 64 = 4 x 4 x 4, 8192 = 16 x 16 x 32), whose gates and
+  expert factors cost ``E_1 + E_2 + E_3`` instead of ``E``;
 - ``dense-soft``: a soft MoE that holds its ``E`` dense experts ``(E, d, d)`` and mixes them
   for every token (``y = sum_e a_e W_e x``, softmax gate): its cost is linear in ``E``;
 - ``sparse-top2``: `factorjax.moe.SparseMoE`, dense experts, top-2 routing.
 
-Every layer has the same gate cost (a ``d x E`` router) except the tensor-ring one, whose
-expert core adds ``E r^2``. The ratio column divides each layer's figure at ``E`` by its own at
-the smallest ``E``: the goal is that the multilinear layers stay within 1.5x from 64 to 8192
+A flat layer (one level) pays ``d E`` for its gate and ``E R`` (CP) or ``E R^2`` (TR) for its
+expert factor, linear in ``E`` like any router; a hierarchical one pays the same for
+``E_1 + E_2 + E_3``. The ratio columns divide each layer's figure at the largest ``E`` by its
+own at the smallest: the goal is that the multilinear layers stay within 1.5x from 64 to 8192
 experts. Points a layer cannot hold in memory (dense experts over ``--max-dense-gb``) are
 skipped and say so. float32 throughout; times are the best of interleaved rounds.
 """
@@ -60,12 +66,23 @@ class DenseSoftMoE(eqx.Module):
 
 
 def make_layers(d, num_experts, cp_rank, tr_rank, key):
+    from factorjax.factorizations import balanced_modes
     from factorjax.moe import MultilinearMoE, SparseMoE
 
     k = jax.random.split(key, 4)
+    levels = balanced_modes(num_experts, 3)  # e.g. 8192 = 16 x 16 x 32
     return {
         "cp-mumoe": lambda: MultilinearMoE(d, d, num_experts, cp_rank, format="cp", key=k[0]),
         "tr-mumoe": lambda: MultilinearMoE(d, d, num_experts, tr_rank, format="tr", key=k[1]),
+        "cp-mumoe-h3": lambda: MultilinearMoE(
+            d, d, num_experts, cp_rank, format="cp", levels=levels, key=k[0]
+        ),
+        "tr-mumoe-h3": lambda: MultilinearMoE(
+            d, d, num_experts, tr_rank, format="tr", levels=levels, key=k[1]
+        ),
+        "cp-mumoe-softmax": lambda: MultilinearMoE(
+            d, d, num_experts, cp_rank, format="cp", gate="softmax", key=k[0]
+        ),
         "dense-soft": lambda: DenseSoftMoE(d, d, num_experts, key=k[2]),
         "sparse-top2": lambda: SparseMoE(d, d, num_experts, top_k=2, key=k[3]),
     }
@@ -153,7 +170,7 @@ def main(argv=None):
         print("| " + " | ".join([name, *cells, t_ratio, m_ratio]) + " |")
     print(f"\nOther processes kept {load.cores:.2f} cores busy meanwhile." if load.cores is not None
           else "")  # fmt: skip
-    for name in ("cp-mumoe", "tr-mumoe"):
+    for name in ("cp-mumoe", "tr-mumoe", "cp-mumoe-h3", "tr-mumoe-h3", "cp-mumoe-softmax"):
         s = summary.get(name)
         if s and s["time_ratio"] != "-":
             ok = float(s["time_ratio"]) <= GOAL and float(s["memory_ratio"]) <= GOAL

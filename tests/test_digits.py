@@ -27,7 +27,7 @@ def by_setting(recs):
     return {(r["stage"], r["framework"], r["format"], r["budget"], r["seed"]): r for r in recs}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     cfg = DigitsConfig(formats=("lowrank", "tt"), budgets=(0.1, 0.3), **SMALL)
@@ -35,6 +35,7 @@ def small_run(tmp_path_factory):
     return cfg, out
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_every_run_recorded_with_table_and_figure(small_run):
     cfg, out = small_run
     recs = records(out)
@@ -53,6 +54,7 @@ def test_every_run_recorded_with_table_and_figure(small_run):
     assert p[0.1] < p[0.3] < dense["final"]["params"]
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_equinox_and_nnx_agree_run_by_run(small_run):
     _, out = small_run
     recs = by_setting(records(out))
@@ -64,6 +66,7 @@ def test_equinox_and_nnx_agree_run_by_run(small_run):
                                        rtol=1e-4, atol=1e-6)  # fmt: skip
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_posthoc_lowrank_error_is_the_truncated_svd_error(small_run):
     """The post-hoc low-rank layer is the best rank-r approximation of the trained weight:
     its error is the norm of the discarded singular values (Eckart-Young)."""
@@ -80,6 +83,7 @@ def test_posthoc_lowrank_error_is_the_truncated_svd_error(small_run):
             np.testing.assert_allclose(run[f"rel_error{i}"], want, rtol=1e-3)
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_fine_tune_does_not_lose_accuracy_on_average(small_run):
     _, out = small_run
     post = [r["final"] for r in records(out) if r["stage"] == "posthoc"]
@@ -87,6 +91,7 @@ def test_fine_tune_does_not_lose_accuracy_on_average(small_run):
     assert gain > 0
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_padded_and_masked_run_equals_the_run_alone(small_run, tmp_path):
     """A run trained in a group padded to a larger budget's ranks and masked back gives the
     trajectory of the same run trained alone at its own size."""
@@ -105,6 +110,7 @@ def test_padded_and_masked_run_equals_the_run_alone(small_run, tmp_path):
         )
 
 
+@pytest.mark.slow  # trains the small run: an experiment
 def test_resume_redoes_nothing(small_run, capsys):
     cfg, out = small_run
     before = (out / "runs.jsonl").read_text()

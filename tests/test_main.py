@@ -40,6 +40,7 @@ def test_main_lists_the_paper_experiments(tmp_path):
         assert name in out.stdout
 
 
+@pytest.mark.slow  # the whole paper at --quick size: a reproduction
 def test_quick_reproduction_leaves_figures_and_table(tmp_path):
     _run(["run", "tubal-paper", "--quick", "--set", "seeds=2", "--out", "quick"], tmp_path, 600)
     summary = _check_folder(tmp_path / "quick")

@@ -56,7 +56,7 @@ def _env(devices: int) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def worker() -> dict:
     proc = subprocess.run(
         [sys.executable, str(WORKER), json.dumps({"layers": LAYERS})],
@@ -70,6 +70,7 @@ def worker() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # the 8-device subprocess
 @pytest.mark.parametrize("name", LAYERS)
 def test_sharded_equals_unsharded(worker, name):
     assert worker["devices"] == DEVICES
@@ -79,6 +80,7 @@ def test_sharded_equals_unsharded(worker, name):
     assert r["grad_diff"] <= N_GRAD * EPS32 * r["grad_scale"], r
 
 
+@pytest.mark.slow  # the 8-device subprocess
 @pytest.mark.parametrize("name", LAYERS)
 def test_placement(worker, name):
     placement = worker["layers"][name]["placement"]
@@ -96,6 +98,7 @@ def test_placement(worker, name):
         assert p["devices"] == DEVICES, p
 
 
+@pytest.mark.slow  # the 8-device subprocess
 def test_indivisible_experts(worker):
     msg = worker["indivisible_error"]
     assert msg is not None

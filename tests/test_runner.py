@@ -25,6 +25,9 @@ import pytest
 from factorjax.dynamics import RunStore, train
 from factorjax.experiments import sensing_sweep as ss
 
+# One xdist worker runs the file, so its session fixtures (subprocess sweeps) run once.
+pytestmark = pytest.mark.xdist_group("runner")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_scripts" / "runner_worker.py"
 TIMEOUT = 120  # seconds; a hung subprocess fails the test instead of blocking the suite
@@ -184,7 +187,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
     """The sweep of CONFIG, uninterrupted, on one CPU device, in float64."""
     out = tmp_path_factory.mktemp("reference") / "sweep"
@@ -220,6 +223,7 @@ def test_map_runs_on_8_devices_equals_the_plain_call(tmp_path):
 # --------------------------------------------------------------------------- sharded sweeps
 
 
+@pytest.mark.slow  # a whole sweep on 8 devices in a subprocess: a long integration run
 def test_sweep_on_8_devices_equals_one_device(tmp_path, request):
     out = tmp_path / "sweep"
     args = _sweep_args(out)
@@ -242,6 +246,7 @@ def test_sweep_on_8_devices_equals_one_device(tmp_path, request):
     assert len(_load(out)[0]["devices"]["local"]) == 8
 
 
+@pytest.mark.slow  # two jax.distributed processes: a long integration run
 def test_two_process_distributed_sweep_equals_one_process(tmp_path, reference):
     out = tmp_path / "sweep"
     port = _free_port()
@@ -276,6 +281,7 @@ def test_two_process_distributed_sweep_equals_one_process(tmp_path, reference):
 # --------------------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow  # a sweep killed and run again: a long integration run
 def test_sigkill_mid_sweep_then_resume(tmp_path, reference):
     """Kill the sweep with SIGKILL after its first group is recorded, while the second group
     has a checkpoint; the restarted sweep redoes no recorded run, resumes the second group
@@ -412,7 +418,7 @@ def _cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_runs(tmp_path_factory):
     """``factorjax run tubal-fig3`` three times into one folder: a first run, the same again,
     and again with a changed ``steps``; the snapshots of the folder after each."""
@@ -437,6 +443,7 @@ def cli_runs(tmp_path_factory):
     return out, [first, again, changed], snaps
 
 
+@pytest.mark.slow  # three `factorjax run` processes (the cli_runs fixture)
 def test_cli_run_end_to_end(cli_runs):
     out, (first, again, _), (snap1, snap2, _) = cli_runs
     assert first.returncode == 0, first.stderr[-4000:]
@@ -461,6 +468,7 @@ def test_cli_run_end_to_end(cli_runs):
     assert snap2 == snap1
 
 
+@pytest.mark.slow
 def test_cli_run_with_a_changed_config_is_refused(cli_runs):
     _, (_, _, changed), (snap1, _, snap3) = cli_runs
     assert changed.returncode != 0
@@ -470,6 +478,7 @@ def test_cli_run_with_a_changed_config_is_refused(cli_runs):
     assert snap3 == snap1  # nothing was written
 
 
+@pytest.mark.slow
 def test_cli_changed_config_is_a_clean_user_error(cli_runs):
     _, (_, _, changed), _ = cli_runs
     assert changed.returncode == 2
@@ -477,6 +486,7 @@ def test_cli_changed_config_is_a_clean_user_error(cli_runs):
     assert "Traceback" not in changed.stderr
 
 
+@pytest.mark.slow
 def test_cli_draws_no_progress_bar_off_a_terminal(cli_runs):
     _, (first, _, _), _ = cli_runs
     assert first.returncode == 0
