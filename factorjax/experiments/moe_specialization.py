@@ -69,7 +69,7 @@ class MoESpecializationConfig:
     experts: int = 64
     rank: int = 32
     gate: str = "entmax15"
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 600
     batch_size: int = 128
     lr: float = 3e-3
