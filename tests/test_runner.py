@@ -344,6 +344,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, reference):
 # --------------------------------------------------------------------------- divergence
 
 
+@pytest.mark.slow  # needs the reference sweep, run in a subprocess
 def test_diverging_run_is_recorded_and_the_sweep_finishes(reference):
     """In the reference sweep alpha = 1e3 overflows within a few steps and alpha = 1e-2
     converges: the diverged runs are recorded as such, and the sweep records every run."""
@@ -368,6 +369,7 @@ def test_diverging_run_is_recorded_and_the_sweep_finishes(reference):
 # --------------------------------------------------------------------------- one by one
 
 
+@pytest.mark.slow  # needs the reference sweep, run in a subprocess
 def test_sweep_equals_its_runs_one_by_one(reference, x64):
     """Batching over seeds and alphas, the shared problem of a seed's alphas (the grid), the
     chunks and the checkpoints change nothing: each run of the sweep is `train` on
