@@ -77,6 +77,7 @@ def test_equinox_round_trip(tmp_path):
     np.testing.assert_array_equal(jax.vmap(restored)(X), jax.vmap(model)(X))
 
 
+@pytest.mark.slow  # trains before saving
 def test_equinox_round_trip_after_training(tmp_path):
     model = eqx_factorized(0)
     optim = optax.adam(1e-2)
@@ -149,6 +150,7 @@ def test_nnx_round_trip(tmp_path):
     np.testing.assert_array_equal(restored(XL), model(XL))
 
 
+@pytest.mark.slow  # trains before saving
 def test_nnx_round_trip_after_training(tmp_path):
     model = nnx_factorized(0)
     start = nnx.clone(model)

@@ -26,6 +26,9 @@ import pytest
 
 from factorjax import DeepLowRank, LowRank, SymmetricTubalLowRank, TubalLowRank
 
+# Statistics over many random draws of every format: run with the slow tests.
+pytestmark = pytest.mark.slow
+
 Z = 5.0  # standard errors allowed
 B = 256  # independent draws per check
 

@@ -269,6 +269,7 @@ INIT_CASES = [
 ]
 
 
+@pytest.mark.slow  # statistics over many random draws
 def test_init_variance():
     """The mean square of each draw's expert-weight entries, averaged over B independent draws,
     is ``2 / (9 d_in)`` (init="mumoe") or ``1 / d_in`` (init="lecun"); the first level's expert

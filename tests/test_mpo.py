@@ -271,6 +271,7 @@ def test_check_grads(x64, rng):
 
 
 @pytest.mark.parametrize("init, std", [("glorot", None), ("he", None), ("std", 0.7)])
+@pytest.mark.slow  # statistics over many random draws
 def test_every_layer_weight_has_the_target_variance(init, std):
     n_draws, L = 64, 3
     target = {"glorot": 2 / (24 + 24), "he": 2 / 24, "std": 0.49}[init]
@@ -297,6 +298,7 @@ def test_shared_core_is_a_scaled_isometry():
 @pytest.mark.parametrize(
     "init, std, act, expected", [("std", 1 / 8, None, 1.0), ("he", None, jax.nn.relu, 2.0)]
 )
+@pytest.mark.slow  # statistics over many random draws
 def test_signal_neither_explodes_nor_vanishes_with_depth(init, std, act, expected):
     """``E[|y|^2] = expected |x|^2`` at init for every depth (see `init_cores`): linear layers
     with ``Var = 1 / d`` keep it; He layers with ReLU keep it through the ReLUs, and the last
@@ -337,6 +339,7 @@ def interface_conditions(stack):
 
 
 @pytest.mark.parametrize("n, order, center, rank", [(64, 3, 1, 4), (64, 3, 0, 4), (32, 5, 2, 3)])
+@pytest.mark.slow  # alternating least-squares fits in float64
 def test_from_dense_recovers_a_truly_shared_centre(x64, n, order, center, rank):
     true = make(4, n, rank, dtype=jnp.float64, tensor_order=order, center=center, init="std",
                 std=1.0, seed=3)  # fmt: skip
@@ -352,6 +355,7 @@ def test_from_dense_recovers_a_truly_shared_centre(x64, n, order, center, rank):
     assert np.all(f64(report.history) <= tol.max())
 
 
+@pytest.mark.slow  # alternating least-squares fits in float64
 def test_from_dense_generic_weights(x64, rng):
     L, n, order = 3, 64, 3
     W = rng.normal(size=(L, n, n)) / 8
@@ -377,6 +381,7 @@ def test_from_dense_generic_weights(x64, rng):
     assert fit.activation is jnp.tanh
 
 
+@pytest.mark.slow  # alternating least-squares fits in float64
 def test_from_dense_one_layer_is_no_worse_than_tt_svd(x64, rng):
     W = rng.normal(size=(1, 24, 36))
     fit, rep = SharedMPOStack.from_dense(W, 3, sweeps=2)

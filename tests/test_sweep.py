@@ -84,6 +84,7 @@ def full_sweep(tmp_path_factory):
     return store, records, rg
 
 
+@pytest.mark.slow  # a whole sweep and each of its runs again
 def test_sweep_equals_runs_one_by_one(full_sweep):
     store, records, rg = full_sweep
     assert rg.calls == [({"width": 3}, 4), ({"width": 4}, 4)]

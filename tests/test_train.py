@@ -63,6 +63,7 @@ def test_optax_path_matches_manual_optax_loop():
     np.testing.assert_allclose(final.u, U, rtol=0, atol=200 * EPS32 * float(jnp.abs(U).max()))
 
 
+@pytest.mark.slow  # a small recovery run to convergence
 def test_small_init_recovers_ground_truth():
     """The implicit bias the runner exists to show, on a tiny instance: error falls well below 1."""
     problem = small_problem()

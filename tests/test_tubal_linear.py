@@ -151,6 +151,7 @@ def test_check_grads(rank, x64, rng):
 
 
 @pytest.mark.parametrize(("rank", "init"), [(None, "glorot"), (3, "glorot"), (None, "lecun")])
+@pytest.mark.slow  # statistics over many random draws
 def test_init_gives_outputs_of_the_derived_variance(rank, init):
     """Fans ``in k`` and ``out k``: for inputs of unit variance, ``Var(y) = in k Var(W)`` is
     ``2 in / (in + out)`` under Glorot and 1 under LeCun, whatever ``k`` (fans without ``k``
