@@ -94,7 +94,7 @@ def test_to_dense_is_the_kron_sum(rng, shapes, R):
     assert K.reconstruction_flops() == 2 * R * K.shape[0] * K.shape[1]
 
 
-ORDERS = ("a-first", "b-first", "dense", "auto")
+ORDERS = ("a-first", "b-first", "einsum-optimal", "einsum-greedy", "dense", "auto")
 
 
 @jax.jit

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import factorjax
 from factorjax import Kronecker, TTMatrix
 from factorjax.factorizations import _operator
-from factorjax.factorizations._operator import Candidate, Order, choose
+from factorjax.factorizations._operator import Candidate, Order, Plan, choose
 
 
 def _cands(*orders):
@@ -64,3 +65,94 @@ def test_plan_follows_the_batch_size():
     want = np.asarray(x) @ np.asarray(W.to_matrix()).T
     # float32 sums of 1024 products: about 1024 eps = 1.2e-4 relative to the largest entry.
     np.testing.assert_allclose(W.apply(x), want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths of a tensor network, and measured plans
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sequential_path_contracts_in_the_given_order(rng):
+    import opt_einsum
+
+    # opt_einsum appends each result to the end of the operand list
+    assert _operator.sequential_path(4, [0, 3, 2, 1]) == ((0, 3), (1, 2), (0, 1))
+    assert _operator.sequential_path(4, [0, 1, 2, 3]) == ((0, 1), (0, 2), (0, 1))
+    eq = "ab,bc,cd,de->ae"
+    ops = [rng.standard_normal(s) for s in [(2, 3), (3, 4), (4, 5), (5, 6)]]
+    want = ops[0] @ ops[1] @ ops[2] @ ops[3]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 2, 0, 3], [2, 1, 3, 0]):
+        path = _operator.sequential_path(4, order)
+        # the first pair is the first two of `order`, and the path contracts all four
+        _, info = opt_einsum.contract_path(eq, *ops, optimize=list(path))
+        assert set(info.contraction_list[0][0]) == set(order[:2])
+        np.testing.assert_allclose(opt_einsum.contract(eq, *ops, optimize=list(path)), want)
+
+
+def _small_ttm():
+    return TTMatrix.init(24, 12, 3, key=jax.random.key(0), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
+
+
+def test_tune_times_every_candidate_and_caches_per_shape():
+    _operator._TUNED.clear()
+    W = _small_ttm()
+    plan = W.tune(4, grad=False)
+    names = {c.order.name for c in W.candidates(4)}
+    assert {o.name for o in plan.candidates} == names
+    assert plan.seconds is not None and len(plan.seconds) == len(names)
+    assert all(s > 0 for s in plan.seconds) and list(plan.seconds) == sorted(plan.seconds)
+    assert plan.order == plan.candidates[0].name and plan.batch == 4
+    assert "ms" in plan.table()
+    # cached per shape: other values of the same shapes reuse it; another batch does not
+    W2 = TTMatrix.init(24, 12, 3, key=jax.random.key(5), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
+    assert W2.tune(4, grad=False) is plan
+    assert W.plan(4, order="tuned") is W.tune(4)  # grad=True by default: a second entry
+    assert W.tune(5, grad=False) is not plan
+    assert len(_operator._TUNED) == 3
+
+
+def test_tuned_order_under_jit_with_traced_factors():
+    """`tune` runs while the caller is traced: the factors are tracers, only their shapes are
+    read, and the result is still x W^T."""
+    _operator._TUNED.clear()
+    W = _small_ttm()
+    x = jax.random.normal(jax.random.key(1), (3, 12))
+    want = np.asarray(x, np.float64) @ np.asarray(W.to_matrix(), np.float64).T
+    y = jax.jit(lambda W, x: W.apply(x, order="tuned"))(W, x)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert len(_operator._TUNED) == 1
+
+
+def test_autotune_makes_auto_take_the_measured_order(monkeypatch):
+    """Under `autotune`, apply(x) takes the order of `tune` (here a stand-in that picks the
+    model's worst order, so that the two choices differ); outside it, the model's."""
+    W = _small_ttm()
+    worst = W.plan(4).candidates[-1].name
+    assert worst != W.plan(4).order
+    measured = []
+
+    def fake_measure(op, batch, grad):
+        measured.append((batch, grad))
+        orders = tuple(c.order for c in op.candidates(batch))
+        o = next(o for o in orders if o.name == worst)
+        return Plan(o.name, o.flops, o.peak_bytes, batch, orders, (1.0,) * len(orders))
+
+    chosen = []
+    real_choose = _operator.choose
+
+    def spy(cands, order="auto"):
+        c = real_choose(cands, order)
+        chosen.append(c.order.name)
+        return c
+
+    _operator._TUNED.clear()
+    monkeypatch.setattr(_operator, "_measure", fake_measure)
+    monkeypatch.setattr(_operator, "choose", spy)
+    x = jnp.ones((4, 12))
+    f = jax.jit(lambda W, x: W.apply(x))
+    with factorjax.factorizations.autotune():
+        y = jax.jit(lambda W, x: W.apply(x))(W, x)
+    assert chosen[-1] == worst and measured == [(4, True)]
+    f(W, x)
+    assert chosen[-1] == W.plan(4).order  # outside the context: the cost model
+    np.testing.assert_allclose(y, f(W, x), rtol=1e-5, atol=1e-5)

@@ -113,7 +113,15 @@ APPLY_CASES = [
     ((2, 3, 2, 4, 3), (2, 3, 1, 4, 2), 3),
     ((2, 3, 4, 3), (3, 1, 2, 2), 3),
 ]
-ORDERS = ("inputs-first", "inputs-first-reversed", "merged", "dense", "auto")
+ORDERS = (
+    "inputs-first",
+    "inputs-first-reversed",
+    "merged",
+    "einsum-optimal",
+    "einsum-greedy",
+    "dense",
+    "auto",
+)
 
 
 @jax.jit

@@ -381,7 +381,13 @@ def test_ttm_every_order_equals_x_wt(rng, lead):
     ref = f64(x) @ ref_ttm(cores).T
     tol = ref_apply_tol(cores, x)
     names = [c.order.name for c in W.candidates(math.prod(lead))]
-    assert sorted(names) == ["dense", "left-to-right", "right-to-left"]
+    assert sorted(names) == [
+        "dense",
+        "einsum-greedy",
+        "einsum-optimal",
+        "left-to-right",
+        "right-to-left",
+    ]
     # and against x @ to_matrix().T, whose W carries its own rounding (product_tol entrywise)
     via_w = f64(x) @ f64(W.to_matrix()).T
     tol_w = tol + product_tol(cores) * np.max(np.sum(np.abs(f64(x)), axis=-1))
@@ -422,6 +428,10 @@ def test_ttm_flops_equal_opt_einsum_counts(rng):
     # right-to-left: x with core 3, then core 2, then core 1 (operand lists shrink as they go)
     assert flops["right-to-left"] == cost([(0, 3), (1, 2), (0, 1)])
     assert flops["left-to-right"] == cost([(0, 1), (0, 2), (0, 1)])
+    # opt_einsum's own searches: no other order beats "einsum-optimal" (when listed; else a
+    # named order already takes its path)
+    best = cost("optimal")
+    assert min(flops.values()) == best
     # dense: the cheaper of the two orders of rebuilding W, then one matmul
     eqw, wshapes = "PaxQ,QbyR,RczS->abcxyz", shapes[1:]
     recon = min(cost([(0, 1), (0, 1)], eqw, wshapes), cost([(1, 2), (0, 1)], eqw, wshapes))

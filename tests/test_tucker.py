@@ -127,7 +127,7 @@ def test_to_dense_equals_explicit_sum_and_tensorly(rng, shape, ranks):
 
 
 OUT, IN, RANKS = (2, 3), (4, 2, 3), (2, 3, 3, 2, 2)
-NAMES = {"factored", "core-input", "core-output", "dense"}
+NAMES = {"factored", "core-input", "core-output", "einsum-optimal", "einsum-greedy", "dense"}
 
 
 @pytest.mark.parametrize("lead", [(1,), (6,), (2, 3)])

@@ -4,6 +4,7 @@ The experiment runner (sweeps over seeds and scales as one compiled program, sha
 devices and hosts, the `factorjax` command) builds on these; see the project's issue tracker.
 """
 
+from factorjax.dynamics.optim import group_rmsprop
 from factorjax.dynamics.problems import (
     AbstractProblem,
     MatrixCompletion,
@@ -41,6 +42,7 @@ __all__ = [
     "advance",
     "atomic_write_bytes",
     "atomic_write_json",
+    "group_rmsprop",
     "metrics",
     "reference_bases",
     "run_id",

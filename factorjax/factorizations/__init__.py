@@ -1,7 +1,8 @@
 """Factorization formats: one final `eqx.Module` per format under one abstract base.
 
 Formats that represent a matrix ``(d_out, d_in)`` are `AbstractOperator`s: they apply to a
-batch of inputs along the contraction order their planner picks (`AbstractOperator.plan`).
+batch of inputs along the contraction order their planner picks (`AbstractOperator.plan`), or,
+under `autotune`, the order measured fastest (`AbstractOperator.tune`).
 """
 
 from factorjax.factorizations._base import AbstractFactorization
@@ -12,7 +13,7 @@ from factorjax.factorizations._masks import (
     rank_axes,
     tensor_dropout_mask,
 )
-from factorjax.factorizations._operator import AbstractOperator, Order, Plan
+from factorjax.factorizations._operator import AbstractOperator, Order, Plan, autotune
 from factorjax.factorizations._registry import (
     FORMATS,
     make_operator,
@@ -46,6 +47,7 @@ __all__ = [
     "TensorTrain",
     "TubalLowRank",
     "Tucker",
+    "autotune",
     "balanced_modes",
     "leading_mask",
     "make_operator",

@@ -16,18 +16,36 @@ Example:
 """
 
 import abc
+import contextlib
+import contextvars
+import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+import opt_einsum
 from jax import Array
 from jax.typing import ArrayLike
 
 from factorjax._checks import as_real_array, describe
 from factorjax.factorizations._base import AbstractFactorization
 
-__all__ = ["AbstractOperator", "Candidate", "Order", "Plan", "choose", "dense_candidate"]
+__all__ = [
+    "AbstractOperator",
+    "Candidate",
+    "Network",
+    "Order",
+    "Plan",
+    "autotune",
+    "choose",
+    "dense_candidate",
+    "network_candidates",
+    "sequential_path",
+]
 
 
 class Order(NamedTuple):
@@ -63,7 +81,9 @@ class Plan(NamedTuple):
     Fields:
         order, flops, peak_bytes: the chosen order and its cost.
         batch: the batch size it was planned for.
-        candidates: every candidate `Order`, cheapest first.
+        candidates: every candidate `Order`, cheapest first (fastest first when measured).
+        seconds: for a measured plan (`AbstractOperator.tune`), the time of each candidate,
+            aligned with ``candidates``; ``None`` for a modelled one.
     """
 
     order: str
@@ -71,16 +91,23 @@ class Plan(NamedTuple):
     peak_bytes: int
     batch: int
     candidates: tuple[Order, ...]
+    seconds: tuple[float, ...] | None = None
 
     def table(self) -> str:
-        """The candidates as a text table (FLOPs, peak intermediate, relative cost)."""
+        """The candidates as a text table (FLOPs, peak intermediate, relative cost; and the
+        measured time of a tuned plan)."""
         best = max(1, self.flops)
-        rows = [f"{'order':<20} {'GFLOP':>10} {'peak MB':>10} {'x chosen':>9}"]
-        for o in self.candidates:
+        timed = self.seconds is not None
+        rows = [
+            f"{'order':<20} {'GFLOP':>10} {'peak MB':>10} {'x chosen':>9}"
+            + (f" {'ms':>9}" if timed else "")
+        ]
+        for k, o in enumerate(self.candidates):
             mark = " *" if o.name == self.order else ""
+            ms = f" {self.seconds[k] * 1e3:9.3f}" if timed else ""
             rows.append(
                 f"{o.name:<20} {o.flops / 1e9:10.4f} {o.peak_bytes / 2**20:10.3f} "
-                f"{o.flops / best:9.2f}{mark}"
+                f"{o.flops / best:9.2f}{ms}{mark}"
             )
         return "\n".join(rows)
 
@@ -112,7 +139,7 @@ def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
     if order == "auto":
         return min(candidates, key=lambda c: _score(c.order))
     if not isinstance(order, str) or order not in names:
-        allowed = ", ".join(repr(n) for n in ("auto", *names))
+        allowed = ", ".join(repr(n) for n in ("auto", "tuned", *names))
         raise ValueError(f"`order` must be one of {allowed}; got {order!r}.")
     return candidates[names.index(order)]
 
@@ -152,22 +179,55 @@ class AbstractOperator(AbstractFactorization):
 
         Arguments:
             batch: the number of inputs (an int >= 1).
-            order: ``"auto"`` (the cheapest) or the name of a candidate, to see its cost.
+            order: ``"auto"`` (the cheapest under the cost model), ``"tuned"`` (the fastest
+                measured: `tune`), or the name of a candidate, to see its cost.
         """
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"`batch` must be an int >= 1; got {batch!r}.")
+        batch = _check_batch(batch)
+        if order == "tuned":
+            return self.tune(batch)
         cands = self.candidates(batch)
         chosen = choose(cands, order).order
         ranked = tuple(sorted((c.order for c in cands), key=_score))
         return Plan(chosen.name, chosen.flops, chosen.peak_bytes, batch, ranked)
+
+    def tune(self, batch: Any, *, grad: bool = True) -> Plan:
+        """Measure every candidate order for a batch of ``batch`` inputs, on random data of
+        this operator's shapes and dtype on the default backend, and return the plan of the
+        fastest (``Plan.seconds`` holds every time). The cost model of `plan` ranks orders by
+        FLOPs and memory; their actual speed also depends on layouts and on the backend's
+        kernels, which only a measurement sees (FFTW's "measure" against its "estimate").
+
+        The result is cached per (format, shapes, dtype, batch, ``grad``, backend), so each
+        shape is measured once per process; under `autotune`, ``apply(x)`` uses it. Each
+        candidate is compiled and timed once: a second or a few per new shape.
+
+        Arguments:
+            batch: the number of inputs (an int >= 1).
+            grad: time the forward and backward pass (the gradient with respect to the
+                factors, as in training; default) instead of the forward pass alone.
+        """
+        batch = _check_batch(batch)
+        leaves, treedef = jax.tree.flatten(self)
+        key = (
+            type(self),
+            treedef,
+            tuple((np.shape(leaf), jnp.result_type(leaf).name) for leaf in leaves),
+            batch,
+            bool(grad),
+            jax.default_backend(),
+        )
+        if key not in _TUNED:
+            _TUNED[key] = _measure(self, batch, bool(grad))
+        return _TUNED[key]
 
     def apply(self, x: ArrayLike, *, order: Any = "auto") -> Array:
         """``x W^T`` for ``x`` of shape ``(..., d_in)``: every leading axis is batch.
 
         Arguments:
             x: real inputs ``(..., d_in)``.
-            order: ``"auto"`` (plan for the batch size of ``x``; see `plan`) or the name of a
-                candidate order, to force it.
+            order: ``"auto"`` (plan for the batch size of ``x`` with the cost model, or under
+                `autotune` with measurements; see `plan`), ``"tuned"`` (measured: `tune`), or
+                the name of a candidate order, to force it.
 
         Returns:
             ``(..., d_out)``.
@@ -179,9 +239,11 @@ class AbstractOperator(AbstractFactorization):
                 f"{describe(x)}."
             )
         lead = x.shape[:-1]
-        batch = math.prod(lead)
-        xb = x.reshape(max(batch, 1), self.in_features)
-        y = choose(self.candidates(max(batch, 1)), order).fn(xb.astype(self.dtype))
+        batch = max(math.prod(lead), 1)
+        if order == "tuned" or (order == "auto" and _AUTOTUNE.get()):
+            order = self.tune(batch).order
+        xb = x.reshape(batch, self.in_features)
+        y = choose(self.candidates(batch), order).fn(xb.astype(self.dtype))
         return y.reshape(*lead, self.out_features)
 
     def __call__(self, x: ArrayLike) -> Array:
@@ -204,4 +266,142 @@ def dense_candidate(op: AbstractOperator, batch: int) -> Candidate:
     return Candidate(
         Order("dense", gemm + op.reconstruction_flops(), d_out * d_in * itemsize, gemm),
         lambda x: x @ op.to_matrix().T,
+    )
+
+
+class Network(NamedTuple):
+    """An operator as one tensor network with its input: ``x W^T`` is
+    ``einsum(subscripts, x.reshape(B, *in_shape), *operands)`` reshaped to ``(B, d_out)``.
+
+    Fields:
+        subscripts: the einsum equation; its first operand is the input, whose first label is
+            the batch, and its output is the batch then the output modes (row-major).
+        operands: the factors, in the order of the equation.
+        in_shape: the input modes that ``d_in`` is reshaped into.
+    """
+
+    subscripts: str
+    operands: tuple[Array, ...]
+    in_shape: tuple[int, ...]
+
+
+def sequential_path(n: int, order: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """The opt_einsum path that contracts operand ``order[0]`` with ``order[1]``, the result
+    with ``order[2]``, and so on (indices among ``n`` operands; opt_einsum appends each
+    result to the end of the list)."""
+    ids, acc, path = list(range(n)), order[0], []
+    for k in order[1:]:
+        i, j = sorted((ids.index(acc), ids.index(k)))
+        path.append((i, j))
+        ids = [t for t in ids if t not in (acc, k)] + [acc]
+    return tuple(path)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _contract_path(subscripts: str, path: tuple, *operands: Array) -> Array:
+    return jnp.einsum(subscripts, *operands, optimize=list(path))
+
+
+def network_candidates(
+    net: Network, batch: int, dtype: Any, named: dict[str, tuple] | None = None
+) -> tuple[Candidate, ...]:
+    """Orders that contract the network ``net`` with a batch of inputs pairwise along an
+    opt_einsum path: each path of ``named`` under its name, then opt_einsum's cheapest path
+    by FLOPs (``"einsum-optimal"``: its ``"optimal"`` search up to 5 operands, ``"dp"``
+    beyond) and its ``"greedy"`` one (``"einsum-greedy"``). Pairwise trees (two cores merged
+    before the input meets them) are among them. Every name is listed at every batch size,
+    so that an order can be forced by name, even where two paths coincide. FLOPs and the
+    largest intermediate are opt_einsum's count of the path, the output excluded."""
+    shapes = [(batch, *net.in_shape), *(o.shape for o in net.operands)]
+    ways = {**(named or {}), "einsum-optimal": "optimal" if len(shapes) <= 5 else "dp"}
+    ways["einsum-greedy"] = "greedy"
+    item = jnp.dtype(dtype).itemsize
+    out = []
+    for name, way in ways.items():
+        how = way if isinstance(way, str) else [tuple(p) for p in way]
+        path, info = opt_einsum.contract_path(net.subscripts, *shapes, shapes=True, optimize=how)
+        path = tuple(tuple(int(i) for i in p) for p in path)
+
+        def fn(x, path=path):
+            xt = x.reshape(x.shape[0], *net.in_shape)
+            return _contract_path(net.subscripts, path, xt, *net.operands).reshape(x.shape[0], -1)
+
+        peak = max(info.size_list[:-1], default=0) * item
+        out.append(Candidate(Order(name, int(info.opt_cost), int(peak)), fn))
+    return tuple(out)
+
+
+# -- measured plans ---------------------------------------------------------------------------
+
+_TUNED: dict = {}
+_AUTOTUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("autotune", default=False)
+# A timed block of calls lasts at least this long; the best of this many blocks counts.
+_MIN_BLOCK_S = 0.02
+_ROUNDS = 3
+
+
+@contextlib.contextmanager
+def autotune(enabled: bool = True):
+    """Within this context, ``apply(x)`` (``order="auto"``), and so every layer over an
+    operator, takes the order that `AbstractOperator.tune` measured fastest for the batch
+    size, instead of the cost model's choice. It acts when a function is traced: wrap the
+    first call of a jitted step (its compilation), not later calls.
+
+    Example:
+        >>> with autotune():                    # doctest: +SKIP
+        ...     loss, grads = step(params, batch)   # traced here: orders are measured
+    """
+    token = _AUTOTUNE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _AUTOTUNE.reset(token)
+
+
+def _check_batch(batch: Any) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"`batch` must be an int >= 1; got {batch!r}.")
+    return batch
+
+
+def _measure(op: AbstractOperator, batch: int, grad: bool) -> Plan:
+    """Time every candidate of ``op`` for ``batch`` inputs on random data of its shapes. It
+    runs eagerly even while a caller is being traced (``ensure_compile_time_eval``), so the
+    operator's arrays may be tracers: only their shapes are used."""
+    rng = np.random.default_rng(0)
+
+    def rand(shape, dtype):
+        return jnp.asarray(rng.standard_normal(shape), dtype)
+
+    leaves, treedef = jax.tree.flatten(op)
+    with jax.ensure_compile_time_eval():
+        twin = jax.tree.unflatten(
+            treedef, [rand(np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
+        )
+        x = rand((batch, op.in_features), op.dtype)
+        g = rand((batch, op.out_features), op.dtype)
+        orders = [c.order for c in op.candidates(batch)]
+        fns = {}
+        for o in orders:
+            if grad:
+                f = jax.jit(jax.grad(lambda w, x, g, n=o.name: jnp.sum(w.apply(x, order=n) * g)))
+            else:
+                f = jax.jit(lambda w, x, g, n=o.name: w.apply(x, order=n))
+            jax.block_until_ready(f(twin, x, g))  # compile outside the timing
+            fns[o.name] = f
+        best = dict.fromkeys(fns, math.inf)
+        for _ in range(_ROUNDS):
+            for name, f in fns.items():
+                calls, t0 = 0, time.perf_counter()
+                while True:
+                    jax.block_until_ready(f(twin, x, g))
+                    calls += 1
+                    elapsed = time.perf_counter() - t0
+                    if elapsed >= _MIN_BLOCK_S:
+                        break
+                best[name] = min(best[name], elapsed / calls)
+    ranked = tuple(sorted(orders, key=lambda o: best[o.name]))
+    top = ranked[0]
+    return Plan(
+        top.name, top.flops, top.peak_bytes, batch, ranked, tuple(best[o.name] for o in ranked)
     )

@@ -15,13 +15,14 @@ from typing import Any, ClassVar, TypeVar
 
 import equinox as eqx
 import numpy as np
+import opt_einsum
 from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
 from factorjax._checks import as_real_array, check_positive_int, describe
 from factorjax.factorizations._init import target_variance
-from factorjax.factorizations._operator import AbstractOperator
+from factorjax.factorizations._operator import AbstractOperator, Network
 from factorjax.factorizations._tensorize import balanced_modes, check_modes, matrix_to_tensor
 
 __all__ = [
@@ -210,6 +211,20 @@ class AbstractTensorOperator(AbstractOperator):
     @property
     def in_features(self) -> int:
         return math.prod(self._view()[1])
+
+    def tensor_network(self) -> tuple[tuple[str, ...], tuple[Array, ...], str]:
+        """``(terms, operands, modes)``: the tensor is
+        ``einsum(",".join(terms) + "->" + modes, *operands)``. Labels are
+        ``opt_einsum.get_symbol(k)`` for ``k >= 1`` (0 is kept for the batch of `network`)."""
+        raise NotImplementedError
+
+    def network(self) -> Network:
+        """``x W^T`` as one tensor network: the input ``(B, *in_modes)`` joined to the
+        tensor's network on the input modes' labels."""
+        in_modes = self._view()[1]
+        terms, operands, modes = self.tensor_network()
+        b, p = opt_einsum.get_symbol(0), self.n_out
+        return Network(f"{b}{modes[p:]},{','.join(terms)}->{b}{modes[:p]}", operands, in_modes)
 
     def to_matrix(self) -> Float[Array, "d_out d_in"]:
         """The weight ``(d_out, d_in)`` of the matrix view."""

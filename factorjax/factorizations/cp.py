@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import opt_einsum
 from jax import Array, lax
 from jax.typing import ArrayLike
 from jaxtyping import Float, Int, PRNGKeyArray
@@ -37,7 +38,12 @@ from factorjax._checks import (
     describe,
 )
 from factorjax.factorizations._init import small_std
-from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._operator import (
+    Candidate,
+    Order,
+    dense_candidate,
+    network_candidates,
+)
 from factorjax.factorizations._tensor_operator import (
     AbstractTensorOperator,
     check_n_out,
@@ -398,6 +404,12 @@ class CP(AbstractTensorOperator):
 
     # -- application --------------------------------------------------------------------------
 
+    def tensor_network(self) -> tuple[tuple[str, ...], tuple[Array, ...], str]:
+        """The weights ``(R,)`` and the factors ``(n_k, R)``, all sharing the rank label."""
+        sym, d = opt_einsum.get_symbol, len(self.factors)
+        modes, r = "".join(sym(1 + k) for k in range(d)), sym(1 + d)
+        return (r, *(m + r for m in modes)), (self.weights, *self.factors), modes
+
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """``"factored"``: contract ``x`` with the input factors one mode at a time (largest
         first), ending at ``(B, R)``, then one matmul with the weighted Khatri-Rao product of
@@ -443,5 +455,6 @@ class CP(AbstractTensorOperator):
             Candidate(
                 Order("khatri-rao", kr_cost + out_flops, max(d_in * r, *out_sizes) * itemsize), kr
             ),
+            *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
         )

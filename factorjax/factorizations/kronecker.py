@@ -22,8 +22,10 @@ from factorjax.factorizations._init import small_std, target_variance
 from factorjax.factorizations._operator import (
     AbstractOperator,
     Candidate,
+    Network,
     Order,
     dense_candidate,
+    network_candidates,
 )
 from factorjax.factorizations._tensorize import balanced_modes, check_modes, factor_std
 from factorjax.factorizations.lowrank import lowrank_svd
@@ -229,6 +231,12 @@ class Kronecker(AbstractOperator):
         Q = self.b.reshape(self.rank, p2 * q2).T
         return Kronecker(*_factors(*lowrank_svd(P, Q, rank), p1, q1, p2, q2))
 
+    def network(self) -> Network:
+        """``x W^T`` as one tensor network: ``X (B, q1, q2)`` with ``A (R, p1, q1)`` and
+        ``B (R, p2, q2)``."""
+        (_, q1), (_, q2) = self.shapes
+        return Network("zjk,rij,rlk->zil", (self.a, self.b), (q1, q2))
+
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """Orders of ``x W^T`` for ``x (batch, d_in)`` viewed as ``X (batch, q1, q2)``:
         ``"a-first"`` (``A_i X``, contracting ``q1``, then ``B_i`` on ``q2``), ``"b-first"``
@@ -252,6 +260,7 @@ class Kronecker(AbstractOperator):
         return (
             Candidate(Order("a-first", fa, B * R * p1 * q2 * item), a_first),
             Candidate(Order("b-first", fb, B * q1 * R * p2 * item), b_first),
+            *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
         )
 

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import opt_einsum
 from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
@@ -23,7 +24,12 @@ from jaxtyping import Float, PRNGKeyArray
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, describe
 from factorjax.factorizations._init import small_std
-from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._operator import (
+    Candidate,
+    Order,
+    dense_candidate,
+    network_candidates,
+)
 from factorjax.factorizations._tensor_operator import (
     AbstractTensorOperator,
     check_n_out,
@@ -505,8 +511,16 @@ class TensorRing(AbstractTensorOperator):
             self._inputs_first(batch),
             self._inputs_first_reversed(batch),
             self._merged(batch),
+            *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
         )
+
+    def tensor_network(self) -> tuple[tuple[str, ...], tuple[Array, ...], str]:
+        """The cores ``(r_(k-1), n_k, r_k)``, the last bond closing the ring on the first."""
+        sym, d = opt_einsum.get_symbol, len(self.cores)
+        modes, bonds = "".join(sym(1 + k) for k in range(d)), [sym(1 + d + k) for k in range(d)]
+        terms = tuple(bonds[k] + modes[k] + bonds[(k + 1) % d] for k in range(d))
+        return terms, self.cores, modes
 
     def _candidate(self, name: str, batch: int, steps: list) -> Candidate:
         """A candidate from its steps ``(shape, equation, k)``: reshape the state to ``shape``

@@ -6,13 +6,12 @@ It is the tensor train (`factorjax.factorizations.tensor_train`) of the tensor w
 interleaved modes ``(o_1 i_1, ..., o_d i_d)``, and uses its TT-SVD, rounding and rank rules.
 """
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import opt_einsum
 from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
@@ -21,8 +20,10 @@ from factorjax._checks import as_real_array, check_positive_int, describe
 from factorjax.factorizations._operator import (
     AbstractOperator,
     Candidate,
-    Order,
+    Network,
     dense_candidate,
+    network_candidates,
+    sequential_path,
 )
 from factorjax.factorizations._tensorize import balanced_modes, check_modes
 from factorjax.factorizations.tensor_train import (
@@ -238,38 +239,42 @@ class TTMatrix(AbstractOperator):
         """`round` to the max rank ``rank`` (an int in ``[1, self.rank]``)."""
         return self.round(rank=_check_cap(rank, self.rank))
 
+    def network(self) -> Network:
+        """``x W^T`` as one tensor network: the input ``(B, i_1, ..., i_d)`` and the cores
+        (the boundary bonds ``r_0 = r_d = 1`` dropped)."""
+        d = len(self.cores)
+        sym = opt_einsum.get_symbol
+        b, i, o, r = (
+            sym(0),
+            [sym(1 + k) for k in range(d)],
+            [sym(1 + d + k) for k in range(d)],
+            [sym(1 + 2 * d + k) for k in range(d + 1)],
+        )
+        r[0] = r[d] = ""
+        cores = [c[0] if k == 0 else c for k, c in enumerate(self.cores)]
+        cores[-1] = cores[-1][..., 0]
+        terms = [r[k] + o[k] + i[k] + r[k + 1] for k in range(d)]
+        subscripts = f"{b}{''.join(i)},{','.join(terms)}->{b}{''.join(o)}"
+        return Network(subscripts, tuple(cores), self.in_modes)
+
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
-        """``"right-to-left"`` (from the last core: each step absorbs ``in_k`` and ``r_k``
-        and emits ``out_k``, ``r_{k-1}``), ``"left-to-right"`` (from the first core) and
-        ``"dense"``. Step ``k`` of right-to-left costs
-        ``2 B (in_1 ... in_{k-1}) (out_{k+1} ... out_d) r_{k-1} out_k in_k r_k``;
-        left-to-right mirrors it."""
-        o, i = self.out_modes, self.in_modes
-        r = [c.shape[0] for c in self.cores] + [1]
-        item = jnp.dtype(self.dtype).itemsize
-
-        def sweep(name, absorbed, emitted, fn):
-            # left-to-right is right-to-left with the roles of in_k and out_k exchanged: step k
-            # holds absorbed_1 ... absorbed_(k-1) and emitted_(k+1) ... emitted_d
-            d, a, e = len(r) - 1, absorbed, emitted
-            flops = sum(
-                2 * batch * math.prod(a[:k]) * math.prod(e[k + 1 :]) * r[k] * o[k] * i[k] * r[k + 1]
-                for k in range(d)
-            )
-            peak = max(
-                (batch * math.prod(a[:k]) * r[k] * math.prod(e[k:]) for k in range(1, d)),
-                default=0,
-            )
-            return Candidate(Order(name, flops, peak * item), functools.partial(fn, self.cores))
-
+        """``"right-to-left"`` (the input meets the last core first, then each core before
+        it: step ``k`` costs ``2 B (in_1 ... in_{k-1}) (out_{k+1} ... out_d) r_{k-1} out_k
+        in_k r_k``), ``"left-to-right"`` (its mirror, from the first core), opt_einsum's
+        optimal and greedy paths where they differ (pairwise trees: two cores merged before
+        the input meets them), and ``"dense"``."""
+        d = len(self.cores)
+        named = {
+            "right-to-left": sequential_path(d + 1, [0, *range(d, 0, -1)]),
+            "left-to-right": sequential_path(d + 1, range(d + 1)),
+        }
         return (
-            sweep("right-to-left", i, o, _ttm_right_to_left),
-            sweep("left-to-right", o, i, _ttm_left_to_right),
+            *network_candidates(self.network(), batch, self.dtype, named),
             dense_candidate(self, batch),
         )
 
 
-# The contractions of `TTMatrix`, jitted so that eager calls run one cached program per shape.
+# The reconstruction of `TTMatrix`, jitted so that eager calls run one cached program per shape.
 
 
 @jax.jit
@@ -281,32 +286,6 @@ def _ttm_to_matrix(cores: tuple[Array, ...]) -> Array:
     t = _contract(flat).reshape([m for pair in zip(out_modes, in_modes, strict=True) for m in pair])
     inverse = [*range(0, 2 * d, 2), *range(1, 2 * d, 2)]
     return t.transpose(inverse).reshape(math.prod(out_modes), math.prod(in_modes))
-
-
-@jax.jit
-def _ttm_right_to_left(cores: tuple[Array, ...], x: Array) -> Array:
-    # state (B i_1 ... i_{k-1}, i_k, r_k, o_{k+1} ... o_d): one contraction of (i_k, r_k) per
-    # core; the next state is a reshape of its output.
-    B, i = x.shape[0], [c.shape[2] for c in cores]
-    z = x.reshape(B * math.prod(i[:-1]), i[-1], 1, 1)
-    for k in range(len(cores) - 1, -1, -1):
-        y = jnp.einsum("airp,soir->asop", z, cores[k])
-        if k > 0:
-            z = y.reshape(B * math.prod(i[: k - 1]), i[k - 1], y.shape[1], -1)
-    return y.reshape(B, -1)
-
-
-@jax.jit
-def _ttm_left_to_right(cores: tuple[Array, ...], x: Array) -> Array:
-    # state (B o_1 ... o_{k-1}, r_{k-1}, i_k, i_{k+1} ... i_d): one contraction of
-    # (r_{k-1}, i_k) per core.
-    B, i = x.shape[0], [c.shape[2] for c in cores]
-    z = x.reshape(B, 1, i[0], -1)
-    for k, g in enumerate(cores):
-        y = jnp.einsum("criq,rois->cosq", z, g)
-        if k < len(cores) - 1:
-            z = y.reshape(-1, g.shape[-1], i[k + 1], z.shape[-1] // i[k + 1])
-    return y.reshape(B, -1)
 
 
 __all__ = ["TTMatrix"]

@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import opt_einsum
 from jax import Array, lax
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
@@ -31,7 +32,12 @@ from jaxtyping import Float, PRNGKeyArray
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, check_tolerance, describe
 from factorjax.factorizations._init import small_std
-from factorjax.factorizations._operator import Candidate, Order, dense_candidate
+from factorjax.factorizations._operator import (
+    Candidate,
+    Order,
+    dense_candidate,
+    network_candidates,
+)
 from factorjax.factorizations._tensor_operator import (
     AbstractTensorOperator,
     check_n_out,
@@ -441,6 +447,13 @@ class Tucker(AbstractTensorOperator):
 
     # -- application --------------------------------------------------------------------------
 
+    def tensor_network(self) -> tuple[tuple[str, ...], tuple[Array, ...], str]:
+        """The core ``(r_1, ..., r_d)`` and the factors ``(n_k, r_k)``."""
+        sym, d = opt_einsum.get_symbol, len(self.factors)
+        modes, ranks = "".join(sym(1 + k) for k in range(d)), [sym(1 + d + k) for k in range(d)]
+        terms = ("".join(ranks), *(m + r for m, r in zip(modes, ranks, strict=True)))
+        return terms, (self.core, *self.factors), modes
+
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """``"factored"``: project ``x`` on the input factors mode by mode, one matmul with
         the core, expand through the output factors; ``"core-input"``: merge the input factors
@@ -496,5 +509,6 @@ class Tucker(AbstractTensorOperator):
                 order("core-output", proj_f + cout_f + 2 * b * T * d_out, [*proj_s, *cout_s]),
                 core_output,
             ),
+            *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
         )
