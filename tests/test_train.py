@@ -142,3 +142,62 @@ def test_diverging_run_is_recorded_and_others_go_on():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         train(small_problem(), small_model(), **kwargs)
+
+
+def test_stop_loss_freezes_a_run_once_its_loss_is_reached():
+    """A run stops at the first update where the loss is at or below `stop_loss`; until then it
+    takes the iterates of a plain run, and under vmap each run stops on its own."""
+    problem, model = small_problem(), small_model(alpha=0.3)
+    lr, steps = 0.05, 40
+
+    def one(stop):
+        return train(
+            problem,
+            model,
+            steps=steps,
+            log_every=1,
+            step_size=lr,
+            method="factors",
+            stop_loss=stop,
+        )
+
+    _, plain = jax.jit(
+        lambda m: train(problem, m, steps=steps, log_every=1, step_size=lr, method="factors")
+    )(model)
+    loss = np.asarray(plain["train_loss"])
+    assert loss[-1] < loss[0] / 10  # it does train
+    stops = jnp.asarray([loss[10] * 1.0001, loss[25] * 1.0001, 0.0])
+    _, hist = jax.jit(jax.vmap(one))(stops)
+    for j, stop in enumerate(np.asarray(stops)):
+        got = np.asarray(hist["train_loss"][j])
+        below = np.nonzero(loss <= stop)[0]
+        first = int(below[0]) if below.size else steps + 1
+        # same iterates until the first record at or below the stop, frozen after it
+        np.testing.assert_allclose(got[: first + 1], loss[: first + 1], rtol=1e-5)
+        if first <= steps:
+            np.testing.assert_array_equal(got[first:], got[first])
+            assert got[-1] > loss[-1]
+    assert not bool(np.any(hist["diverged"]))
+
+
+def test_stop_loss_is_refused_by_the_lifted_method_and_when_negative():
+    with pytest.raises(ValueError, match="`stop_loss` needs method='factors'"):
+        train(
+            small_problem(),
+            small_model(),
+            steps=2,
+            log_every=1,
+            step_size=0.1,
+            method="lifted",
+            stop_loss=1e-3,
+        )
+    with pytest.raises(ValueError, match="`stop_loss` must be a float >= 0"):
+        train(
+            small_problem(),
+            small_model(),
+            steps=2,
+            log_every=1,
+            step_size=0.1,
+            method="factors",
+            stop_loss=-1.0,
+        )

@@ -187,12 +187,28 @@ def _check_method(method: Any, model: Any, step_size: Any, optimizer: Any) -> st
     return method
 
 
+def _check_stop_loss(stop_loss: Any, method: str) -> Any:
+    if stop_loss is None:
+        return None
+    if method == "lifted":
+        raise ValueError(
+            "`stop_loss` needs method='factors' (the lifted method never forms the loss in its "
+            "loop); pass method='factors', or stop_loss=None."
+        )
+    if isinstance(stop_loss, (int, float)) and not isinstance(stop_loss, bool):
+        if not stop_loss >= 0:
+            raise ValueError(f"`stop_loss` must be a float >= 0 or None; got {stop_loss!r}.")
+    return stop_loss  # a float, or a traced scalar to vmap over
+
+
 def _freeze(keep: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(keep, b, a), new, old)
 
 
-def _factor_steps(problem, state, ts, step_size, optimizer):
-    """``len(ts)`` updates of the factors by autodiff; returns the new state."""
+def _factor_steps(problem, state, ts, step_size, optimizer, stop_loss=None):
+    """``len(ts)`` updates of the factors by autodiff; returns the new state. With
+    ``stop_loss``, an update is skipped where the loss is at or below it (and so every later
+    one: the parameters no longer change)."""
     params, static = eqx.partition(state.model, eqx.is_array)
     stateless = optimizer is None  # plain gradient descent keeps no optimizer state
     if stateless:
@@ -204,18 +220,19 @@ def _factor_steps(problem, state, ts, step_size, optimizer):
 
     def update(carry, t):
         p, opt_state, diverged, diverged_at = carry
-        g = jax.grad(loss_fn)(p)
+        loss, g = jax.value_and_grad(loss_fn)(p)
         upd, new_state = optimizer.update(g, opt_state, p)
         new_p = optax.apply_updates(p, upd)
         # Parameters only: a non-finite loss makes the next gradient, hence the next
         # parameters, non-finite, so no extra forward pass is needed in the hot loop.
         bad = ~_all_finite(new_p)
-        keep = diverged | bad
+        done = jnp.asarray(False) if stop_loss is None else loss <= stop_loss
+        keep = diverged | bad | done
         carry = (
             _freeze(keep, new_p, p),
             _freeze(keep, new_state, opt_state),
-            keep,
-            jnp.where(bad & ~diverged, t, diverged_at),
+            diverged | (bad & ~done),
+            jnp.where(bad & ~diverged & ~done, t, diverged_at),
         )
         return carry, None
 
@@ -303,6 +320,7 @@ def advance(
     optimizer: optax.GradientTransformation | None = None,
     rank_rtol: float = 1e-3,
     method: Any = "auto",
+    stop_loss: Any = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """Continue ``state`` by ``steps`` updates, recording metrics after every ``log_every``.
 
@@ -327,6 +345,7 @@ def advance(
             f"`state` must be a TrainState (TrainState.create(model)); got {type(state).__name__}."
         )
     method = _check_method(method, state.model, step_size, optimizer)
+    stop_loss = _check_stop_loss(stop_loss, method)
     if optimizer is not None and state.opt_state is None:
         state = eqx.tree_at(
             lambda s: s.opt_state,
@@ -342,7 +361,7 @@ def advance(
 
     def block(state, b):
         ts = state.step + jnp.arange(1, log_every + 1)
-        state = _factor_steps(problem, state, ts, step_size, optimizer)
+        state = _factor_steps(problem, state, ts, step_size, optimizer, stop_loss)
         record = metrics(problem, state.model.to_dense(), rank_rtol=rank_rtol, bases=bases)
         record["step"] = state.step
         return state, record
@@ -360,6 +379,7 @@ def train(
     optimizer: optax.GradientTransformation | None = None,
     rank_rtol: float = 1e-3,
     method: Any = "auto",
+    stop_loss: Any = None,
 ) -> tuple[AbstractFactorization, dict[str, Array]]:
     """Minimise ``problem.loss(model.to_dense())`` from ``model``.
 
@@ -376,6 +396,11 @@ def train(
         method: ``"factors"`` (autodiff through the factors), ``"lifted"`` (plain gradient
             descent on a `SymmetricTubalLowRank`, at a cost per step independent of its width;
             see the module docstring) or ``"auto"`` (``"lifted"`` where it applies).
+        stop_loss: stop a run once its loss is at or below this (a float >= 0, or a traced
+            scalar; ``"factors"`` method only): every later update is skipped, so the run's
+            parameters, and its later records, stay as they were. The step where a run
+            stopped is the first record whose ``train_loss`` is at or below ``stop_loss``, to
+            ``log_every`` steps. ``None`` (default): run every step.
 
     Returns:
         ``(final_model, history)``: ``history`` maps each name of `metrics` and ``step`` to
@@ -398,6 +423,7 @@ def train(
         optimizer=optimizer,
         rank_rtol=rank_rtol,
         method=method,
+        stop_loss=stop_loss,
     )
     history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, history)
     history["diverged"] = state.diverged
