@@ -93,8 +93,15 @@ def _small_ttm():
     return TTMatrix.init(24, 12, 3, key=jax.random.key(0), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
 
 
-def test_tune_times_every_candidate_and_caches_per_shape():
+@pytest.fixture
+def quick_tuning(monkeypatch):
+    """One short block per candidate: the tests check what is measured and kept, not speed."""
+    monkeypatch.setattr(_operator, "_ROUNDS", 1)
+    monkeypatch.setattr(_operator, "_MIN_BLOCK_S", 0.0)
     _operator._TUNED.clear()
+
+
+def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning):
     W = _small_ttm()
     plan = W.tune(4, grad=False)
     names = {c.order.name for c in W.candidates(4)}
@@ -111,10 +118,9 @@ def test_tune_times_every_candidate_and_caches_per_shape():
     assert len(_operator._TUNED) == 3
 
 
-def test_tuned_order_under_jit_with_traced_factors():
+def test_tuned_order_under_jit_with_traced_factors(quick_tuning):
     """`tune` runs while the caller is traced: the factors are tracers, only their shapes are
     read, and the result is still x W^T."""
-    _operator._TUNED.clear()
     W = _small_ttm()
     x = jax.random.normal(jax.random.key(1), (3, 12))
     want = np.asarray(x, np.float64) @ np.asarray(W.to_matrix(), np.float64).T

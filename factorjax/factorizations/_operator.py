@@ -336,8 +336,8 @@ def network_candidates(
 _TUNED: dict = {}
 _AUTOTUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("autotune", default=False)
 # A timed block of calls lasts at least this long; the best of this many blocks counts.
-_MIN_BLOCK_S = 0.02
-_ROUNDS = 3
+_MIN_BLOCK_S = 0.05
+_ROUNDS = 5
 
 
 @contextlib.contextmanager
