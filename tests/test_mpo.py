@@ -165,8 +165,9 @@ def test_num_params():
     "act, np_act, order",
     [
         (None, lambda h: h, 3),
-        (jnp.tanh, np.tanh, 3),
-        (jax.nn.relu, lambda h: np.maximum(h, 0), 4),
+        # the activations and order 4 compile more programs: slow
+        pytest.param(jnp.tanh, np.tanh, 3, marks=pytest.mark.slow),
+        pytest.param(jax.nn.relu, lambda h: np.maximum(h, 0), 4, marks=pytest.mark.slow),
     ],
 )
 def test_stack_is_the_dense_layers_in_sequence(act, np_act, order, rng):
@@ -188,6 +189,7 @@ def test_stack_is_the_dense_layers_in_sequence(act, np_act, order, rng):
     assert np.all(np.abs(f64(r(x)) - f64(x) @ W.T) <= gamma(r, EPS32) * (np.abs(x) @ A.T))
 
 
+@pytest.mark.slow  # every order under jit and vmap: many compilations
 def test_jit_vmap_and_forced_orders(rng):
     s = with_bias(make(3, 24, 3, activation=jnp.tanh), rng)
     x = rng.normal(size=(6, 24)).astype(np.float32)
@@ -229,6 +231,7 @@ def untied_output(centers, aux, bias, x, center):
     return h
 
 
+@pytest.mark.slow  # float64 gradients of a deep stack
 def test_shared_gradient_is_the_sum_over_layers(x64, rng):
     s = with_bias(make(4, 24, 3, dtype=jnp.float64, init="std", std=0.3), rng)
     x, c = rng.normal(size=(3, 24)), rng.normal(size=(3, 24))
@@ -248,6 +251,7 @@ def test_shared_gradient_is_the_sum_over_layers(x64, rng):
     assert np.all(np.abs(g.bias - gu[2]) <= tol * ga[2])
 
 
+@pytest.mark.slow  # check_grads of the whole stack
 def test_check_grads(x64, rng):
     s = with_bias(make(3, 12, 2, dtype=jnp.float64, activation=jnp.tanh), rng)
     x = rng.normal(size=(2, 12))
@@ -285,6 +289,7 @@ def test_every_layer_weight_has_the_target_variance(init, std):
     assert np.all(np.abs(ms.mean(axis=0) - target) <= 5 * se)
 
 
+@pytest.mark.slow  # many draws
 def test_shared_core_is_a_scaled_isometry():
     s = make(4, 64, 8, init="std", std=0.125)  # centre (8, 4, 4, 8): rows 256 >= cols 4
     r0, o, i, r1 = s.shared.shape

@@ -101,21 +101,27 @@ def quick_tuning(monkeypatch):
     _operator._TUNED.clear()
 
 
-def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning):
+def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypatch):
     W = _small_ttm()
-    plan = W.tune(4, grad=False)
+    plan = W.tune(4, grad=False)  # a real measurement (one short block per order)
     names = {c.order.name for c in W.candidates(4)}
     assert {o.name for o in plan.candidates} == names
     assert plan.seconds is not None and len(plan.seconds) == len(names)
     assert all(s > 0 for s in plan.seconds) and list(plan.seconds) == sorted(plan.seconds)
     assert plan.order == plan.candidates[0].name and plan.batch == 4
     assert "ms" in plan.table()
-    # cached per shape: other values of the same shapes reuse it; another batch does not
+    # cached per shape: other values of the same shapes reuse it; another batch, `grad` or
+    # shape measures anew (counted with a stand-in for the measurement)
     W2 = TTMatrix.init(24, 12, 3, key=jax.random.key(5), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
     assert W2.tune(4, grad=False) is plan
-    assert W.plan(4, order="tuned") is W.tune(4)  # grad=True by default: a second entry
-    assert W.tune(5, grad=False) is not plan
-    assert len(_operator._TUNED) == 3
+    calls = []
+    monkeypatch.setattr(_operator, "_measure", lambda op, b, g: calls.append((b, g)) or plan)
+    W.tune(4)
+    W.tune(5, grad=False)
+    W.plan(4, order="tuned")  # = W.tune(4): cached
+    W.truncate(2).tune(4, grad=False)
+    assert calls == [(4, True), (5, False), (4, False)]
+    assert len(_operator._TUNED) == 4
 
 
 def test_tuned_order_under_jit_with_traced_factors(quick_tuning):

@@ -106,7 +106,7 @@ def test_low_rank_matches_the_dense_reconstruction(k, rng):
         assert np.all(np.abs(np.asarray(via_dense) - want) <= bound)
 
 
-@pytest.mark.parametrize("rank", [None, 2])
+@pytest.mark.parametrize("rank", [None, pytest.param(2, marks=pytest.mark.slow)])
 def test_batched_equals_vmapped(rank, rng):
     layer = random_layer(5, rank, rng)
     x = rng.normal(size=(2, 3, IN, 5)).astype(np.float32)
@@ -174,7 +174,7 @@ def test_init_gives_outputs_of_the_derived_variance(rank, init):
 # --- NNX -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rank", [None, 2])
+@pytest.mark.parametrize("rank", [None, pytest.param(2, marks=pytest.mark.slow)])
 def test_parity_eqx_nnx(rank, rng):
     """The NNX layer built from ``rngs=nnx.Rngs(0)`` holds the weight of the Equinox layer
     built from the key ``nnx.Rngs(0).params()``, as Params, and gives the same outputs and

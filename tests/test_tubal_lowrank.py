@@ -294,7 +294,7 @@ def unitary_mixes(rng, R, k):
     return [orth(rng, R, R, not is_real_slice(j, k)) for j in range(k // 2 + 1)]
 
 
-@pytest.mark.parametrize("k", [4, 5])
+@pytest.mark.parametrize("k", [4, pytest.param(5, marks=pytest.mark.slow)])  # odd k: slow
 def test_tubal_truncate_is_best_tubal_rank_r_of_dense(rng, k):
     # U_hat_j = Q_j S_j W_j and V_hat_j = P_j W_j with W_j unitary: X_hat_j = Q_j S_j P_j^H has
     # singular values S_j (distinct, with known gaps); the factors are unbalanced (3 and 1/3)
