@@ -4,6 +4,7 @@ The experiment runner (sweeps over seeds and scales as one compiled program, sha
 devices and hosts, the `factorjax` command) builds on these; see the project's issue tracker.
 """
 
+from factorjax.dynamics.nuclear import min_nuclear_norm
 from factorjax.dynamics.optim import group_rmsprop
 from factorjax.dynamics.problems import (
     AbstractProblem,
@@ -44,6 +45,7 @@ __all__ = [
     "atomic_write_json",
     "group_rmsprop",
     "metrics",
+    "min_nuclear_norm",
     "reference_bases",
     "run_id",
     "run_sweep",
