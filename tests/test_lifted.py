@@ -278,7 +278,12 @@ def test_matrix_sensing_symmetric_grad(rng):
 
 @pytest.mark.parametrize(
     ("k", "r", "R", "gram"),
-    [(3, 1, 2, False), (3, 1, 9, True), (4, 2, 4, True), (4, 2, 9, False)],
+    [
+        (3, 1, 2, False),
+        (4, 2, 4, True),
+        pytest.param(3, 1, 9, True, marks=pytest.mark.slow),
+        pytest.param(4, 2, 9, False, marks=pytest.mark.slow),
+    ],
 )
 def test_lifted_equals_factors(k, r, R, gram):
     """The lifted method on the plain problem, or on the one with its Gram matrix, against
