@@ -6,6 +6,7 @@ __all__ = ["Experiment", "experiments", "get", "register"]
 
 # Modules that register experiments.
 from factorjax.experiments import (
+    compare_families,  # noqa: F401
     cp_tensor,  # noqa: F401
     deep_matrix,  # noqa: F401
     digits,  # noqa: F401
