@@ -170,6 +170,7 @@ def test_nnx_round_trip_after_training(tmp_path):
     np.testing.assert_array_equal(restored(XL), model(XL))
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_orbax_round_trip(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     model, skeleton = nnx_factorized(0), nnx_factorized(1)

@@ -70,6 +70,7 @@ def test_ground_truth_spectra(x64):
     np.testing.assert_allclose(p.y, dense.reshape(-1)[np.asarray(p.idx)], rtol=1e-10)
 
 
+@pytest.mark.slow  # an end-to-end run of the experiment: compiles and draws figures
 def test_quick_run_and_resume(x64, tmp_path, capsys):
     cfg = CompareFamiliesConfig(seeds=1, log_every=10, matrix_n=4, matrix_m=20, matrix_steps=40,
                                 matrix_scales=(0.1, 0.01), tubal_n=3, tubal_k=2, tubal_m=20,

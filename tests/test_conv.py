@@ -340,6 +340,7 @@ def test_tuple_ranks():
     assert tt.shape == (16, 3, 2, 8) and tt.ranks == (4, 5, 6)
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_from_dense_decompositions(rng):
     kernel = rng.normal(size=(4, 3, 3, 2)).astype(np.float32)
     x = jnp.asarray(rng.normal(size=(2, 3, 6, 5)), jnp.float32)

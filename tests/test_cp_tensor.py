@@ -102,6 +102,7 @@ def test_switch_on_steps():
     assert out[0] == 20 and np.isnan(out[1])
 
 
+@pytest.mark.slow  # an end-to-end run of the experiment: compiles and draws figures
 def test_quick_run_and_resume(tmp_path, capsys):
     cfg = CPTensorConfig(n=4, m=100, rank=3, components=10, stds=(0.1, 0.2), steps=100,
                          log_every=50, top_k=4)  # fmt: skip

@@ -234,6 +234,7 @@ def test_factorize_where_config_and_errors():
         fnn.factorize(net, config=lambda p, layer: 5)
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_model_same_paths_reports_and_outputs_as_equinox():
     eqx_net = EqxNet(jax.random.key(0))
     net = nnx_like(eqx_net)
@@ -337,6 +338,7 @@ def test_eqx_conv_exact_truncated_and_refused():
 
 @needs_conv
 @pytest.mark.parametrize("fmt", ["tt", "tucker"])
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_eqx_conv1d_and_3d(fmt):
     for conv, x in (
         (eqx.nn.Conv1d(3, 4, 3, padding="SAME", key=jax.random.key(0)), jnp.ones((3, 7))),
@@ -355,6 +357,7 @@ def test_eqx_conv1d_and_3d(fmt):
         ({"padding": ((1, 0), (2, 1)), "use_bias": False}, (1, 6, 7, 4)),
     ],
 )
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_conv_channels_last(kw, x_shape):
     dense = nnx.Conv(4, 5, (3, 3), rngs=nnx.Rngs(0), **kw)
     x = jax.random.normal(jax.random.key(1), x_shape)
@@ -367,6 +370,7 @@ def test_nnx_conv_channels_last(kw, x_shape):
 
 
 @needs_conv
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_conv_causal_and_refused():
     dense = nnx.Conv(3, 4, 3, padding="CAUSAL", kernel_dilation=2, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 10, 3))

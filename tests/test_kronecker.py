@@ -158,6 +158,7 @@ def test_flops_equal_opt_einsum_costs_of_the_same_paths(rng):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_from_dense_is_optimal_van_loan_pitsianis(rng, x64):
     shapes = ((3, 5), (4, 2))  # W is 12 x 10, R(W) is 15 x 8
     W = rng.standard_normal((12, 10))

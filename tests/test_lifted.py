@@ -186,7 +186,8 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+# odd and even tube lengths in the default run; the others are slow (compile-heavy)
+@pytest.mark.parametrize("k", [1, 2, *(pytest.param(k, marks=pytest.mark.slow) for k in (3, 4, 5))])
 def test_gram_symmetric_grad_matches_reference(k, rng):
     """With the Gram matrix, exact on t-symmetric tensors (one and a batch); without it, exact
     on any tensor."""
@@ -231,6 +232,7 @@ def test_gram_symmetric_grad_matches_reference(k, rng):
     assert_rel(plain.symmetric_grad(jnp.asarray(X)), ref, 1e-11)
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_gram_and_lifted_under_vmap_over_problems(rng):
     """A batch of problems from `jax.vmap` over keys, their Gram matrices, and lifted runs on
     them with (traced) step sizes of their own."""
@@ -432,6 +434,7 @@ def concat(h1, h2):
     return {name: np.concatenate([np.asarray(h1[name]), np.asarray(h2[name])]) for name in h1}
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_advance_in_pieces_factors_adam():
     problem = tubal_problem(12, 3, 4, 1, 30)
     model = sym_model(13, 3, 4, 4, alpha=0.1)
@@ -505,6 +508,7 @@ def test_advance_in_pieces_lifted(R):
 
 
 @pytest.mark.parametrize("R", [3, 9])
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_lifted_divergence_freezes_at_last_finite_iterate(R):
     n, k, steps, log_every, mu = 4, 3, 12, 2, 1e3
     problem = tubal_problem(17, n, k, 1, 40)

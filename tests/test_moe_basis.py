@@ -215,6 +215,7 @@ def test_fit_decreases_the_loss(rng):
 # --- NNX -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_parity_and_training(rng):
     layer = random_layer(rng, activation=jnp.tanh)
     twin = NnxBasisMoE.from_equinox(layer)

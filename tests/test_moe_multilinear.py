@@ -144,6 +144,7 @@ def test_matches_explicit_mixture(rng, fmt, levels, num_experts):
     assert np.all(np.abs(y - y_ref) <= n_ops * EPS32 * y_abs + 1e-30), np.max(np.abs(y - y_ref))
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_eager_jit_vmap_agree(rng):
     layer = make("tr", (3, 2), 6, rng)
     x = rng.standard_normal((2, 3, D_IN)).astype(np.float32)  # two batch axes
@@ -311,6 +312,7 @@ def test_init_variance():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_parity_and_one_step(rng):
     nnx = pytest.importorskip("flax.nnx")
     from factorjax.nnx._moe_multilinear import MultilinearMoE as NNXMoE

@@ -259,6 +259,7 @@ def test_gradients(fmt, rng, x64):
     check_grads(f, args, order=1, modes=("rev",))
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_jit_and_vmap(rng):
     x = rng.normal(size=(5, D_IN)).astype(np.float32)
     lr = _layer("lowrank")
@@ -294,6 +295,7 @@ def test_structure():
 # --------------------------------------------------------------------------- NNX
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_parity_and_training(rng):
     layer = _layer("tt")
     twin = NNXSparseMoE.from_equinox(layer)

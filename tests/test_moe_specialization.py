@@ -47,6 +47,7 @@ def test_class_expert_mass_and_mutual_information(rng):
     np.testing.assert_allclose(mutual_information(np.eye(10) / 10), math.log2(10), rtol=1e-12)
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_parameter_matching():
     cfg = MoESpecializationConfig()
     sizes = matched_sizes(cfg)

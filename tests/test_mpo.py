@@ -406,6 +406,7 @@ def test_from_dense_one_layer_is_no_worse_than_tt_svd(x64, rng):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_parity(rng):
     e = with_bias(make(3, 24, 3, activation=jnp.tanh), rng)
     n = fnnx.SharedMPOStack.from_equinox(e)
@@ -431,6 +432,7 @@ def test_nnx_parity(rng):
     assert isinstance(f, fnnx.SharedMPOStack) and rep.errors.shape == (3,)
 
 
+@pytest.mark.slow  # compile-heavy: over 5 s on 2 cores (the default run's budget)
 def test_nnx_trains():
     m = fnnx.SharedMPOStack(3, 16, 16, 2, activation=jnp.tanh, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (32, 16))

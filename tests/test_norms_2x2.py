@@ -80,6 +80,7 @@ def test_positive_det_init(init):
         assert 1e-4 < np.abs(f).mean() < 4e-2  # entries of scale init_std
 
 
+@pytest.mark.slow  # an end-to-end run of the experiment: compiles and draws figures
 def test_quick_run_records_figure_and_resume(tmp_path, capsys):
     cfg = Norms2x2Config(inits=("balanced",), lrs=(1e-2,), seeds=2, steps=20_000,
                          log_every=5_000, stop_loss=0.05, levels_per_decade=4)  # fmt: skip
