@@ -41,6 +41,7 @@ from jaxtyping import Array, Float, Real
 from factorjax import tubal
 from factorjax.dynamics import MatrixSensing, RunStore, TubalSensing, run_sweep, train
 from factorjax.dynamics.cp_completion import CPCompletion, component_norms, cp_dense, init_factors
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 from factorjax.factorizations import DeepLowRank, SymmetricTubalLowRank
 
@@ -347,10 +348,7 @@ SCALE_NAMES = {"matrix": "alpha", "tubal": "alpha", "cp": "std"}
 
 def learned_table(out_dir: Path) -> tuple[dict, list[dict]]:
     """The stored config and, per finished run, its learned times (``"times"``, ``(K,)``)."""
-    store = RunStore(Path(out_dir))
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(Path(out_dir))
     cfg = stored["config"]
     rows = []
     for r in store.finished().values():
@@ -431,10 +429,7 @@ def plot_compare_families(out_dir: Path, wall_s: float | None = None) -> list[Pa
     Returns:
         The path of the figure.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
     stored, rows = learned_table(out_dir)

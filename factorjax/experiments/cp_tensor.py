@@ -29,6 +29,7 @@ import optax
 
 from factorjax.dynamics import RunStore, group_rmsprop, run_sweep
 from factorjax.dynamics.cp_completion import CPCompletion, component_norms, init_factors
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 
 __all__ = ["CPTensorConfig", "plot_cp_tensor", "run_cp_tensor", "switch_on_steps", "truth_fit"]
@@ -240,16 +241,10 @@ def plot_cp_tensor(out_dir: Path, wall_s: float | None = None) -> list[Path]:
     Returns:
         The paths of the figures.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg = stored["config"]
     runs = sorted(store.finished().values(), key=lambda r: (r["std"], r["seed"]))
     lines = [

@@ -41,6 +41,7 @@ from factorjax.dynamics import MatrixCompletion, MatrixSensing, RunStore, run_sw
 from factorjax.dynamics.nuclear import min_nuclear_norm
 from factorjax.dynamics.optim import group_rmsprop
 from factorjax.dynamics.train import metrics
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 from factorjax.factorizations import DeepLowRank
 
@@ -303,16 +304,10 @@ def plot_deep_matrix(out_dir: Path) -> list[Path]:
     Returns:
         The paths of the PNG files written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg = stored["config"]
     records = list(store.finished().values())
     groups = _by(records)

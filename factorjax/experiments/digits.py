@@ -46,6 +46,7 @@ import optax
 from factorjax.dynamics import RunStore, run_sweep
 from factorjax.dynamics.parallel import is_writer, map_runs
 from factorjax.dynamics.storage import save_npz_atomic
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 from factorjax.factorizations._masks import rank_axes
 from factorjax.factorizations._registry import FORMATS, resolve_rank
@@ -747,10 +748,7 @@ def _agreement(records: list[dict], n_test: int) -> str:
 
 
 def _figure(cfg: dict, records: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     groups = _groups(records)
@@ -807,10 +805,7 @@ def _figure(cfg: dict, records: list[dict], path: Path) -> Path:
 def plot_digits(out_dir: Path) -> list[Path]:
     """(Re)write ``results.md``, ``summary.json`` and ``accuracy.png`` from a run folder."""
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg, records = stored["config"], list(store.finished().values())
     n_div = sum(r["status"] == "diverged" for r in records)
     group_time = {(r["stage"], r["framework"], r["format"]): r["final"]["group_seconds"]

@@ -36,6 +36,7 @@ import optax
 
 from factorjax.dynamics import RunStore, run_sweep
 from factorjax.dynamics.storage import save_npz_atomic
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 from factorjax.experiments.digits import load_data
 
@@ -330,16 +331,10 @@ def _mean_std(values) -> str:
 
 def plot_moe_specialization(out_dir: Path) -> list[Path]:
     """(Re)write ``results.md`` and ``specialization.png`` from a run folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg, sizes = stored["config"], stored["sizes"]
     records = list(store.finished().values())
     by_model: dict[str, list] = {}

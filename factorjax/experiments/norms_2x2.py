@@ -43,6 +43,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from factorjax.dynamics import RunStore, run_sweep
+from factorjax.experiments._common import pyplot, read_run, require_float64
 from factorjax.experiments._registry import Experiment, register
 
 __all__ = [
@@ -324,11 +325,7 @@ def _group_runner(cfg: Norms2x2Config):
 
 def run_norms_2x2(cfg: Norms2x2Config, out_dir: Path) -> list[dict]:
     """Run (or resume) the experiment into ``out_dir``, then write its table and figure."""
-    if cfg.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "`float64=True` needs jax_enable_x64 set before anything is traced: run through "
-            "the `factorjax` command, or call jax.config.update('jax_enable_x64', True) first."
-        )
+    require_float64(cfg.float64)
     out_dir = Path(out_dir)
     store = RunStore(out_dir)
     store.write_config(
@@ -381,16 +378,10 @@ def _median_range(values) -> str:
 
 def plot_norms_2x2(out_dir: Path) -> list[Path]:
     """(Re)write ``results.md`` and ``norms_2x2.png`` from a run folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg = stored["config"]
     records = sorted(store.finished().values(),
                      key=lambda r: (INITS.index(r["init"]), -r["lr"], r["seed"]))  # fmt: skip

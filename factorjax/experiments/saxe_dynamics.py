@@ -46,6 +46,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 from factorjax.dynamics import RunStore, run_sweep
+from factorjax.experiments._common import pyplot, read_run, require_float64
 from factorjax.experiments._registry import Experiment, register
 
 __all__ = [
@@ -326,11 +327,7 @@ def _group_runner(cfg: SaxeDynamicsConfig):
 
 def run_saxe_dynamics(cfg: SaxeDynamicsConfig, out_dir: Path) -> list[dict]:
     """Run (or resume) the experiment into ``out_dir``, then write its table and figure."""
-    if cfg.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "`float64=True` needs jax_enable_x64 set before anything is traced: run through "
-            "the `factorjax` command, or call jax.config.update('jax_enable_x64', True) first."
-        )
+    require_float64(cfg.float64)
     out_dir = Path(out_dir)
     store = RunStore(out_dir)
     store.write_config(
@@ -354,16 +351,10 @@ def run_saxe_dynamics(cfg: SaxeDynamicsConfig, out_dir: Path) -> list[dict]:
 
 def plot_saxe_dynamics(out_dir: Path) -> list[Path]:
     """(Re)write ``results.md`` and ``saxe_dynamics.png`` from a run folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir = Path(out_dir)
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     cfg = stored["config"]
     strengths, lr = cfg["strengths"], cfg["lr"]
     records = sorted(store.finished().values(), key=lambda r: (r["a0"], r["seed"]))

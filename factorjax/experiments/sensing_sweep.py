@@ -37,6 +37,7 @@ from factorjax.dynamics import RunStore, TrainState, TubalSensing, advance, metr
 from factorjax.dynamics.parallel import is_writer, map_runs
 from factorjax.dynamics.sweep import run_sweep
 from factorjax.dynamics.train import reference_bases
+from factorjax.experiments._common import require_float64
 
 __all__ = ["SensingSweepConfig", "run_sensing_sweep"]
 
@@ -334,11 +335,7 @@ def run_sensing_sweep(
     """
     from tqdm.auto import tqdm
 
-    if cfg.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "`float64=True` needs jax_enable_x64 set before anything is traced: run through "
-            "the `factorjax` command, or call jax.config.update('jax_enable_x64', True) first."
-        )
+    require_float64(cfg.float64)
     out_dir = Path(out_dir)
     store = RunStore(out_dir)
     if is_writer():

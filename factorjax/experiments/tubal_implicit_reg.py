@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from factorjax.dynamics import RunStore
+from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, get, register
 from factorjax.experiments.sensing_sweep import SensingSweepConfig, run_sensing_sweep
 
@@ -108,10 +109,7 @@ _QUICK: dict[str, dict[str, Any]] = {
 
 
 def _load(out_dir: Path) -> tuple[dict, list[dict], dict[str, dict[str, np.ndarray]]]:
-    store = RunStore(out_dir)
-    stored = store.read_config()
-    if stored is None:
-        raise FileNotFoundError(f"no config.json in {out_dir}: not a run folder.")
+    store, stored = read_run(out_dir)
     records = list(store.finished().values())
     trajectories = {r["run_id"]: store.load_trajectory(r["run_id"]) for r in records}
     return stored, records, trajectories
@@ -148,10 +146,7 @@ def _band(ax, steps, curves, label, color=None):
 
 
 def _figure(nrows=1, ncols=1, **kw):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, **kw)
     return plt, fig, axes[0]
