@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import factorjax
 from factorjax import Kronecker, TTMatrix
@@ -65,6 +66,45 @@ def test_plan_follows_the_batch_size():
     want = np.asarray(x) @ np.asarray(W.to_matrix()).T
     # float32 sums of 1024 products: about 1024 eps = 1.2e-4 relative to the largest entry.
     np.testing.assert_allclose(W.apply(x), want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+
+
+def test_matmul_t_is_x_times_m_transpose_at_every_batch(rng, x64):
+    """`matmul_t` takes another route for a single row; both give ``x m^T`` and its gradient."""
+    m = jnp.asarray(rng.standard_normal((5, 7)))
+    for b in (1, 3):
+        x = jnp.asarray(rng.standard_normal((b, 7)))
+        y = _operator.matmul_t(x, m)
+        assert y.shape == (b, 5)
+        np.testing.assert_allclose(y, np.asarray(x) @ np.asarray(m).T, rtol=1e-13, atol=1e-13)
+        check_grads(jax.jit(_operator.matmul_t), (x, m), order=2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k: TTMatrix.init(24, 12, 3, key=k, out_modes=(2, 3, 4), in_modes=(3, 2, 2)),
+        lambda k: factorjax.Tucker.init_matrix(
+            24, 12, (2, 2, 3, 2), key=k, out_modes=(4, 6), in_modes=(3, 4)
+        ),
+        lambda k: factorjax.CP.init_matrix(24, 12, 3, key=k, out_modes=(4, 6), in_modes=(3, 4)),
+        lambda k: factorjax.LowRank.init(24, 12, 3, key=k),
+    ],
+    ids=["tt", "tucker", "cp", "lowrank"],
+)
+def test_every_order_at_batch_one_and_its_gradient(make, x64):
+    """A batch of one takes unbatched contractions (`matmul_t`, einsum paths without the
+    batch label): every order against ``x W^T`` from the dense weight, and its gradient with
+    respect to the factors and the input by finite differences."""
+    W = make(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, W.in_features), jnp.float64)
+    W = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), W)
+    want = np.asarray(x) @ np.asarray(W.to_matrix()).T
+    for c in W.candidates(1):
+        name = c.order.name
+        y = W.apply(x, order=name)
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12, err_msg=name)
+        f = jax.jit(lambda W, x, n=name: W.apply(x, order=n))
+        check_grads(f, (W, x), order=1, modes=["rev"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from factorjax.factorizations._operator import (
     Candidate,
     Order,
     dense_candidate,
+    matmul_t,
     network_candidates,
 )
 from factorjax.factorizations._tensor_operator import (
@@ -426,7 +427,7 @@ class CP(AbstractTensorOperator):
         out_sizes = [d_out * r, b * r]
 
         def expand(z):
-            return z @ khatri_rao([f_out[0] * self.weights, *f_out[1:]]).T
+            return matmul_t(z, khatri_rao([f_out[0] * self.weights, *f_out[1:]]))
 
         # factored: absorbing the largest remaining mode first makes every step cheapest
         order = sorted(range(q), key=lambda j: -in_modes[j])

@@ -12,7 +12,13 @@ from jaxtyping import Float, PRNGKeyArray
 from factorjax import _lapack
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
 from factorjax.factorizations._init import small_std, target_variance
-from factorjax.factorizations._operator import AbstractOperator, Candidate, Order, dense_candidate
+from factorjax.factorizations._operator import (
+    AbstractOperator,
+    Candidate,
+    Order,
+    dense_candidate,
+    matmul_t,
+)
 from factorjax.factorizations.lowrank import lowrank_svd, resolve_rank
 
 
@@ -215,7 +221,7 @@ class DeepLowRank(AbstractOperator):
 
         def factored(x):
             for f in self.factors:
-                x = x @ f.T
+                x = matmul_t(x, f)
             return x
 
         peak = max((batch * w for w in h[1:-1]), default=0) * item

@@ -11,7 +11,13 @@ from jaxtyping import Float, PRNGKeyArray
 from factorjax import _lapack, linalg
 from factorjax._checks import as_real_array, check_positive_int, check_rank, describe
 from factorjax.factorizations._init import small_std, target_variance
-from factorjax.factorizations._operator import AbstractOperator, Candidate, Order, dense_candidate
+from factorjax.factorizations._operator import (
+    AbstractOperator,
+    Candidate,
+    Order,
+    dense_candidate,
+    matmul_t,
+)
 
 # Scalar arguments validated by `factorjax._checks` (ranks, sizes, tolerances, scales, the
 # scheme) are annotated `Any`, as in `factorjax.tubal`: a narrower hint (`int`, `float`) would
@@ -167,7 +173,7 @@ class LowRank(AbstractOperator):
         flops = 2 * batch * r * (d_in + d_out)
         return (
             Candidate(
-                Order("factored", flops, batch * r * item), lambda x: (x @ self.v) @ self.u.T
+                Order("factored", flops, batch * r * item), lambda x: matmul_t(x @ self.v, self.u)
             ),
             dense_candidate(self, batch),
         )

@@ -36,6 +36,7 @@ from factorjax.factorizations._operator import (
     Candidate,
     Order,
     dense_candidate,
+    matmul_t,
     network_candidates,
 )
 from factorjax.factorizations._tensor_operator import (
@@ -483,15 +484,15 @@ class Tucker(AbstractTensorOperator):
             return y.reshape(z.shape[0], d_out)
 
         def factored(x):
-            return expand(project(x) @ g.reshape(S, T).T)
+            return expand(matmul_t(project(x), g.reshape(S, T)))
 
         def core_input(x):
             c = run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
-            return expand(x @ c.T)
+            return expand(matmul_t(x, c))
 
         def core_output(x):
             c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
-            return project(x) @ c.T
+            return matmul_t(project(x), c)
 
         def order(name, flops, sizes):
             return Order(name, flops, max(sizes) * itemsize)
