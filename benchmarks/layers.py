@@ -8,18 +8,20 @@ brings PyTorch's CPU build and tensorly-torch):
     python benchmarks/layers.py --json out.json # also save the numbers
 
 For every point of the grid (``d_in = d_out = d``, rank ``r``, batch ``B``, format) it times the
-forward plus backward pass (the gradient of ``sum(g * y)`` with respect to the factors, for a
-fixed random ``g``) of ``y = x W^T``:
+forward plus backward pass of ``y = x W^T``: ``y``, and the gradient of ``sum(g * y)`` with
+respect to the factors for a fixed random ``g`` (``jax.vjp``; both are returned, so that XLA
+computes the forward product, which the gradient alone would not need for ``"dense"``):
 
-- ``factorjax``: ``jax.jit`` of the gradient of ``W.apply(x)`` in every candidate order forced
-  (``apply(x, order=...)``), to see how close the planner comes to the best of its own
+- ``factorjax``: ``jax.jit`` of ``y`` and its gradient, ``W.apply(x)`` in every candidate
+  order forced (``apply(x, order=...)``), to see how close the planner comes to the best of its own
   candidates, both ways it plans: the cost model (``W.plan(B)``, the default ``"auto"``) and
   the measurement (``W.tune(B)``, what ``order="tuned"`` and ``autotune()`` take; its own
   timing, before and apart from this script's);
 - ``tltorch-factorized`` and ``tltorch-reconstructed``: tensorly-torch's ``FactorizedLinear``
   (``blocktt``, ``cp``, ``tucker``) holding the same factors, in its two implementations, on
   PyTorch's CPU build with as many threads as JAX uses (the cores);
-- ``dense``: ``jax.jit`` of the gradient of ``x @ W^T`` with respect to a dense ``W``.
+- ``dense``: ``jax.jit`` of ``x @ W^T`` and its gradient with respect to a dense ``W``
+  (``matmul_t``, XLA's fast form at ``B = 1``).
 
 It also times the forward pass alone of the planned order and of a dense matmul, and prints
 their GFLOP/s (the planner's FLOP count over the time; ``2 B d^2`` for the dense matmul).
@@ -43,6 +45,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import OtherLoad, machine, time_rounds
+
+from factorjax.factorizations._operator import matmul_t
 
 DIMS = (256, 1024, 4096)
 RANKS = (4, 16, 64)
@@ -126,12 +130,14 @@ def torch_fwd_bwd(layer, x, g):
 
 
 def jax_fwd_bwd(W, x, g, order):
-    # x and g are arguments, not constants closed over: XLA would fold products of constants
-    # at compile time.
-    def loss(W, x, g):
-        return jnp.sum(W.apply(x, order=order) * g)
+    # The output and the gradient, as a training step needs both (the gradient of sum(y * g)
+    # alone would let XLA drop the forward matmul of "dense"; PyTorch computes it). x and g
+    # are arguments, not constants closed over: XLA would fold products of constants.
+    def step(W, x, g):
+        y, vjp = jax.vjp(lambda W: W.apply(x, order=order), W)
+        return y, vjp(g)[0]
 
-    f = jax.jit(jax.grad(loss))
+    f = jax.jit(step)
     jax.block_until_ready(f(W, x, g))
     return lambda: f(W, x, g)
 
@@ -153,7 +159,12 @@ def point(fmt, d, r, B, rounds):
     for o in plan.candidates:
         fns[f"fj:{o.name}"] = jax_fwd_bwd(W, x, g, o.name)
     Wd = W.to_matrix()
-    dense = jax.jit(jax.grad(lambda Wd, x, g: jnp.sum((x @ Wd.T) * g)))
+
+    def dense_step(Wd, x, g):
+        y, vjp = jax.vjp(lambda Wd: matmul_t(x, Wd), Wd)
+        return y, vjp(g)[0]
+
+    dense = jax.jit(dense_step)
     jax.block_until_ready(dense(Wd, x, g))
     fns["dense"] = lambda: dense(Wd, x, g)
     y_ref = np.asarray(W.apply(x))
@@ -165,7 +176,7 @@ def point(fmt, d, r, B, rounds):
         agree[impl] = float(np.abs(y - y_ref).max() / scale)
         fns[f"tl:{impl}"] = run
     fwd_planned = jax_forward(W, x, "auto")
-    fwd_dense = jax.jit(lambda Wd, x: x @ Wd.T)
+    fwd_dense = jax.jit(matmul_t)
     jax.block_until_ready(fwd_dense(Wd, x))
     fns["fwd:planned"] = fwd_planned
     fns["fwd:dense"] = lambda: fwd_dense(Wd, x)
