@@ -245,6 +245,9 @@ def main(argv=None):
                     for B in batches:
                         row = point(fmt, d, r, B, args.rounds)
                         rows.append(row)
+                        if args.json:  # after every point: a long run killed keeps its rows
+                            with open(args.json, "w") as fh:
+                                json.dump({"machine": info, "rows": rows}, fh, indent=1)
                         t = row["tltorch_s"]
                         names = [
                             SHORT.get(row[k], row[k])
