@@ -22,7 +22,7 @@ from factorjax.experiments.saxe_dynamics import (
 )
 
 SMALL = dict(strengths=(3.0, 1.5, 0.75), n_in=5, hidden=4, n_out=4, a0s=(1e-3,), seeds=2,
-             lr=2e-3, time=10.0, log_every=10)  # fmt: skip
+             lr=2e-3, time=10.0, log_every=10, inits=("aligned", "random"))  # fmt: skip
 
 
 def naive_loss(w1, w2, x, y):
@@ -96,10 +96,14 @@ def small_run(tmp_path_factory):
     return cfg, out, records
 
 
+def _of(records, init):
+    return [r for r in records if r["init"] == init]
+
+
 def test_simulation_follows_the_closed_form_at_small_step(small_run):
     cfg, _, records = small_run
-    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
-    for r in records:
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    for r in _of(records, "aligned"):
         f = r["final"]
         assert f["max_leak"] < 1e-10  # the modes stay decoupled
         for i, s in enumerate(cfg.strengths):
@@ -118,7 +122,7 @@ def test_simulation_follows_the_closed_form_at_small_step(small_run):
 
 def test_learning_times_are_ordered_and_match(small_run):
     cfg, _, records = small_run
-    for r in records:
+    for r in _of(records, "aligned"):
         f = r["final"]
         times = [f[f"t_half_{i}"] for i in range(len(cfg.strengths))]
         assert all(a < b for a, b in itertools.pairwise(times))  # stronger modes first
@@ -131,7 +135,7 @@ def test_learning_times_are_ordered_and_match(small_run):
 def test_resume_and_figures(small_run, capsys):
     cfg, out, _ = small_run
     lines = (out / "runs.jsonl").read_text()
-    assert len(lines.splitlines()) == 2
+    assert len(lines.splitlines()) == 4
     assert (out / "saxe_dynamics.png").stat().st_size > 10_000
     assert "t_half closed form" in (out / "results.md").read_text()
     with jax.enable_x64(True):
@@ -140,6 +144,28 @@ def test_resume_and_figures(small_run, capsys):
     assert (out / "runs.jsonl").read_text() == lines
     stored = json.loads((out / "config.json").read_text())
     assert stored["config"]["lr"] == cfg.lr
+
+
+def test_random_small_init_follows_a_shifted_sigmoid(small_run):
+    """From random small init the modes start coupled and with either sign, yet each is
+    learned along the closed-form sigmoid, shifted in time (one fitted parameter, its
+    effective u0), in order of strength, and what is off the modes stays small at the end."""
+    cfg, _, records = small_run
+    runs = _of(records, "random")
+    assert len(runs) == 2
+    for r in runs:
+        f = r["final"]
+        # coupled while the modes rise; at the end what is off the modes is of the init's
+        # size (directions without a target keep their small random start)
+        assert f["max_leak"] > 10 * r["a0"] > f["final_leak"]
+        times = [f[f"t_half_{i}"] for i in range(len(cfg.strengths))]
+        assert all(a < b for a, b in itertools.pairwise(times))
+        for i in range(len(cfg.strengths)):
+            u0 = f[f"u0_{i}"]
+            assert 0 < u0 < 10 * r["a0"]  # the effective start is of the init's size
+            # the gap to the fitted sigmoid: the step's first-order part, plus the size of
+            # the initial coupling (entries of order u0)
+            assert f[f"max_dev_{i}"] <= 2 * f[f"pred_dev_{i}"] + 10 * r["a0"]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +177,7 @@ def test_resume_and_figures(small_run, capsys):
         (dict(lr=0.5), ["`lr`", "0.5"]),
         (dict(hidden=2), ["`hidden`", "len(strengths)"]),
         (dict(time=-1.0), ["`time`", "-1.0"]),
+        (dict(inits=("orthogonal",)), ["`inits`", "orthogonal", "'random'"]),
     ],
 )
 def test_bad_config_is_refused_by_name(kwargs, words):

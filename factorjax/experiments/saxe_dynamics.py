@@ -27,8 +27,17 @@ the flow by ``delta u(t) = lr u (s - u) / s * (2 s^2 t - (3 s / 2) ln(u / u0))``
 until about ``1.5 t_half``; `first_order_deviation`), which gives the tolerance of the
 comparison.
 
-All runs of a hidden width (seeds draw ``U``, ``V``, ``R``; ``a0s`` the initial strengths) are
-one compiled ``jit(vmap(...))`` program through the runner's `run_sweep`.
+Random small init (``inits`` holds ``"random"``): ``W1``, ``W2`` with i.i.d. Gaussian entries
+of variance ``u0 / sqrt(hidden)``, so that each mode's initial strength ``u_a^T W2 W1 v_a`` has
+standard deviation ``u0`` (and either sign), and the modes start coupled. The paper's claim is
+that the modes then still follow the sigmoid, shifted in time. The check fits, per mode, the
+one free parameter of the closed form, an effective ``u0`` that puts its midpoint at the
+simulated ``t_half`` (``u0_eff = s / (1 + e^{2 s t_half})``), and reports the largest gap
+between the whole simulated trajectory and that sigmoid.
+
+All runs of a hidden width and init (seeds draw ``U``, ``V``, ``R`` and the random init;
+``a0s`` the initial strengths) are one compiled ``jit(vmap(...))`` program through the runner's
+`run_sweep`.
 """
 
 import dataclasses
@@ -61,14 +70,19 @@ __all__ = [
 ]
 
 
+INITS = ("aligned", "random")
+
+
 @dataclasses.dataclass(frozen=True)
 class SaxeDynamicsConfig:
-    """A two-layer linear network on whitened inputs, aligned balanced small init.
+    """A two-layer linear network on whitened inputs, from small init.
 
     Fields:
         strengths: the target's singular values ``s_1 > s_2 > ... > 0`` (one mode each).
         n_in, hidden, n_out: layer widths (each at least ``len(strengths)``).
         a0s: initial mode strengths ``u0`` (the same for every mode), each with every seed.
+        inits: ``"aligned"`` (the decoupled, aligned, balanced init of the closed form) and/or
+            ``"random"`` (i.i.d. Gaussian entries; each mode's initial strength has std ``u0``).
         seeds: random bases ``U``, ``V``, ``R`` per initial strength.
         lr: gradient-descent step (time ``t = step * lr`` in units of ``tau``).
         time: the simulated time, in units of ``tau`` (``time / lr`` steps).
@@ -81,6 +95,7 @@ class SaxeDynamicsConfig:
     hidden: int = 6
     n_out: int = 8
     a0s: tuple[float, ...] = (1e-3, 1e-2)
+    inits: tuple[str, ...] = ("aligned", "random")
     seeds: int = 2
     lr: float = 1e-3
     time: float = 12.0
@@ -112,6 +127,11 @@ class SaxeDynamicsConfig:
             raise ValueError(
                 f"`a0s` must be a non-empty tuple of floats in (0, min(strengths) = {min(s)}); "
                 f"got {self.a0s!r}."
+            )
+        if not self.inits or any(i not in INITS for i in self.inits):
+            raise ValueError(
+                f"`inits` must be a non-empty tuple of {', '.join(map(repr, INITS))}; got "
+                f"{self.inits!r}."
             )
         if not (math.isfinite(self.lr) and 0 < self.lr < 1 / max(s)):
             raise ValueError(
@@ -221,14 +241,17 @@ def _orthonormal(key, n: int, k: int, dtype) -> Array:
     return q * jnp.sign(jnp.diagonal(r))
 
 
-def make_problem(cfg: SaxeDynamicsConfig, seed, a0, dtype=None) -> dict:
-    """The bases, target correlation and aligned balanced init of one run (jittable).
+def make_problem(cfg: SaxeDynamicsConfig, seed, a0, dtype=None, init: str = "aligned") -> dict:
+    """The bases, target correlation and init of one run (jittable).
 
     Arguments:
         cfg: the experiment's config (strengths and widths).
-        seed: draws the orthonormal ``U``, ``V``, ``R`` (from ``fold_in(key(7), seed)``).
-        a0: the initial strength ``u0`` of every mode.
+        seed: draws the orthonormal ``U``, ``V``, ``R`` and the random init (from
+            ``fold_in(key(7), seed)``).
+        a0: the initial strength ``u0`` of every mode (``"random"``: its std).
         dtype: float dtype; float64 when x64 is enabled, else float32, by default.
+        init: ``"aligned"`` (``W1 = sqrt(u0) R V^T``, ``W2 = sqrt(u0) U R^T``) or ``"random"``
+            (i.i.d. ``N(0, u0 / sqrt(hidden))`` entries).
 
     Returns:
         A dict with ``U (n_out, m)``, ``V (n_in, m)``, ``R (hidden, m)``, ``sigma_yx``,
@@ -237,22 +260,25 @@ def make_problem(cfg: SaxeDynamicsConfig, seed, a0, dtype=None) -> dict:
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     m = len(cfg.strengths)
     key = jax.random.fold_in(jax.random.key(7), seed)
-    ku, kv, kr = jax.random.split(key, 3)
+    ku, kv, kr, k1, k2 = jax.random.split(key, 5)
     u = _orthonormal(ku, cfg.n_out, m, dtype)
     v = _orthonormal(kv, cfg.n_in, m, dtype)
     r = _orthonormal(kr, cfg.hidden, m, dtype)
     s = jnp.asarray(cfg.strengths, dtype)
     a = jnp.sqrt(jnp.asarray(a0, dtype))
-    return {"U": u, "V": v, "R": r, "sigma_yx": (u * s) @ v.T, "w1": a * r @ v.T,
-            "w2": a * u @ r.T}  # fmt: skip
+    if init == "aligned":
+        w1, w2 = a * r @ v.T, a * u @ r.T
+    else:
+        std = a / cfg.hidden**0.25
+        w1 = std * jax.random.normal(k1, (cfg.hidden, cfg.n_in), dtype)
+        w2 = std * jax.random.normal(k2, (cfg.n_out, cfg.hidden), dtype)
+    return {"U": u, "V": v, "R": r, "sigma_yx": (u * s) @ v.T, "w1": w1, "w2": w2}
 
 
 @functools.cache
-def _program(cfg: SaxeDynamicsConfig):
-    s = np.asarray(cfg.strengths)
-
+def _program(cfg: SaxeDynamicsConfig, init: str):
     def one(seed, a0):
-        p = make_problem(cfg, seed, a0)
+        p = make_problem(cfg, seed, a0, init=init)
         lr = jnp.asarray(cfg.lr, p["w1"].dtype)
 
         def step(carry, _):
@@ -272,13 +298,14 @@ def _program(cfg: SaxeDynamicsConfig):
 
         n = cfg.steps // cfg.log_every
         _, (modes, leak, loss) = jax.lax.scan(chunk, (p["w1"], p["w2"]), None, length=n)
-        modes = jnp.concatenate([measure(p["w1"], p["w2"])[0][None], modes])
+        modes0, leak0, loss0 = measure(p["w1"], p["w2"])
+        modes = jnp.concatenate([modes0[None], modes])
         bad = ~jnp.all(jnp.isfinite(modes))
         return {
             "step": jnp.arange(n + 1) * cfg.log_every,
             "modes": modes,
-            "leak": jnp.concatenate([jnp.zeros(1, leak.dtype), leak]),
-            "loss": jnp.concatenate([jnp.sum((s - a0) ** 2)[None].astype(loss.dtype) / 2, loss]),
+            "leak": jnp.concatenate([leak0[None], leak]),
+            "loss": jnp.concatenate([loss0[None], loss]),
             "diverged": bad,
             "diverged_at": jnp.where(bad, 0, -1),
         }
@@ -286,22 +313,25 @@ def _program(cfg: SaxeDynamicsConfig):
     return jax.jit(jax.vmap(one))
 
 
-def _summaries(cfg: SaxeDynamicsConfig, a0: float, modes: np.ndarray) -> dict:
-    """Max deviation from the closed form and learning times of one run's ``(records, m)``."""
+def _summaries(cfg: SaxeDynamicsConfig, init: str, a0: float, modes: np.ndarray) -> dict:
+    """Learning times of one run's ``(records, m)`` mode strengths, and the largest gap to
+    the closed form: from ``u0 = a0`` (``"aligned"``), or from the effective ``u0`` that puts
+    the sigmoid's midpoint at the simulated ``t_half`` (``"random"``)."""
     t = np.arange(modes.shape[0]) * cfg.log_every * cfg.lr
     out = {}
     for i, s in enumerate(cfg.strengths):
-        dev = modes[:, i] - closed_form(t, s, a0)
-        pred = first_order_deviation(t, s, a0, cfg.lr)
         u = modes[:, i]
-        k = int(np.argmax(u >= s / 2)) if np.any(u >= s / 2) else -1
+        up = np.nonzero(u < s / 2)[0]  # the last record below s/2, then the crossing after it
+        k = int(up[-1]) + 1 if up.size and up[-1] + 1 < u.size else -1
         t_half = (
             np.nan
             if k < 1
             else t[k - 1] + (s / 2 - u[k - 1]) / (u[k] - u[k - 1]) * (t[k] - t[k - 1])
         )
-        out[f"max_dev_{i}"] = float(np.max(np.abs(dev)))
-        out[f"pred_dev_{i}"] = float(np.max(np.abs(pred)))
+        u0 = a0 if init == "aligned" else s / (1.0 + np.exp(2.0 * s * t_half))
+        out[f"u0_{i}"] = float(u0)
+        out[f"max_dev_{i}"] = float(np.max(np.abs(u - closed_form(t, s, u0))))
+        out[f"pred_dev_{i}"] = float(np.max(np.abs(first_order_deviation(t, s, u0, cfg.lr))))
         out[f"t_half_{i}"] = float(t_half)
     return out
 
@@ -309,17 +339,24 @@ def _summaries(cfg: SaxeDynamicsConfig, a0: float, modes: np.ndarray) -> dict:
 def _group_runner(cfg: SaxeDynamicsConfig):
     def run_group(group: dict, batch: dict) -> dict:
         t0 = time.perf_counter()
-        fn = _program(cfg)
+        init = group["init"]
+        fn = _program(cfg, init)
         out = {k: np.asarray(v) for k, v in jax.device_get(
             fn(jnp.asarray(batch["seed"]), jnp.asarray(batch["a0"]))).items()}  # fmt: skip
         runs = len(batch["seed"])
-        sums = [_summaries(cfg, float(a0), out["modes"][j]) for j, a0 in enumerate(batch["a0"])]
+        sums = [
+            _summaries(cfg, init, float(a0), out["modes"][j]) for j, a0 in enumerate(batch["a0"])
+        ]
         for k in sums[0]:
             out[k] = np.asarray([x[k] for x in sums])
         out["max_leak"] = out["leak"].max(1)
+        out["final_leak"] = out["leak"][:, -1]
         seconds = time.perf_counter() - t0
         out["seconds"] = np.full(runs, seconds / runs)
-        print(f"saxe-dynamics: {runs} runs x {cfg.steps:,} steps in {seconds:.1f} s", flush=True)
+        print(
+            f"saxe-dynamics ({init} init): {runs} runs x {cfg.steps:,} steps in {seconds:.1f} s",
+            flush=True,
+        )
         return out
 
     return run_group
@@ -335,9 +372,9 @@ def run_saxe_dynamics(cfg: SaxeDynamicsConfig, out_dir: Path) -> list[dict]:
          "versions": {"python": platform.python_version(), "jax": jax.__version__}},
         volatile=("versions",),
     )  # fmt: skip
-    settings = [{"hidden": cfg.hidden, "a0": a0, "seed": s} for a0 in cfg.a0s
-                for s in range(cfg.seeds)]  # fmt: skip
-    records = run_sweep(store, settings, _group_runner(cfg), group_keys=("hidden",))
+    settings = [{"hidden": cfg.hidden, "init": i, "a0": a0, "seed": s} for i in cfg.inits
+                for a0 in cfg.a0s for s in range(cfg.seeds)]  # fmt: skip
+    records = run_sweep(store, settings, _group_runner(cfg), group_keys=("hidden", "init"))
     for p in plot_saxe_dynamics(out_dir):
         print(f"figure: {p}")
     print((out_dir / "results.md").read_text())
@@ -357,10 +394,12 @@ def plot_saxe_dynamics(out_dir: Path) -> list[Path]:
     store, stored = read_run(out_dir)
     cfg = stored["config"]
     strengths, lr = cfg["strengths"], cfg["lr"]
-    records = sorted(store.finished().values(), key=lambda r: (r["a0"], r["seed"]))
-    by_a0: dict[float, list] = {}
+    records = sorted(
+        store.finished().values(), key=lambda r: (r.get("init", "aligned"), r["a0"], r["seed"])
+    )
+    by_a0: dict[tuple[str, float], list] = {}
     for r in records:
-        by_a0.setdefault(r["a0"], []).append(r)
+        by_a0.setdefault((r.get("init", "aligned"), r["a0"]), []).append(r)
     wall = sum(r["final"]["seconds"] for r in records)
     lines = [
         "# saxe-dynamics: mode strengths of a two-layer linear network against the closed form",
@@ -372,22 +411,28 @@ def plot_saxe_dynamics(out_dir: Path) -> list[Path]:
         "",
         "t_half: the time the mode passes s/2; closed form ln(s/u0 - 1)/(2s), the paper's "
         "estimate ln(s/u0)/(2s). Deviation: max over time of abs(simulation - closed form), "
-        "largest over seeds, beside its first-order prediction in the step.",
+        "largest over seeds, beside its first-order prediction in the step. Aligned init: the "
+        "closed form from u0; random init (entries of variance u0/sqrt(hidden), so each mode "
+        "starts at about +-u0): from the effective u0 that puts the sigmoid's midpoint at the "
+        "simulated t_half (median over seeds shown). Off-mode leak: the norm of W2 W1 outside "
+        "the modes, largest over time / at the end.",
         "",
-        "| u0 | s | t_half closed form | ln(s/u0)/(2s) | t_half simulated | max deviation | "
-        "first-order prediction | max off-mode leak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| init | u0 | s | effective u0 | t_half closed form | ln(s/u0)/(2s) | "
+        "t_half simulated | max deviation | first-order prediction | off-mode leak max / end |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for a0, runs in by_a0.items():
+    for (init, a0), runs in by_a0.items():
         leak = max(r["final"]["max_leak"] for r in runs)
+        end = max(r["final"].get("final_leak", leak) for r in runs)
         for i, s in enumerate(strengths):
             th = [r["final"][f"t_half_{i}"] for r in runs]
             dev = max(r["final"][f"max_dev_{i}"] for r in runs)
             pred = runs[0]["final"][f"pred_dev_{i}"]
+            u0 = float(np.median([r["final"].get(f"u0_{i}", a0) for r in runs]))
             lines.append(
-                f"| {a0:g} | {s:g} | {float(half_time(s, a0)):.4f} | "
+                f"| {init} | {a0:g} | {s:g} | {u0:.3g} | {float(half_time(s, a0)):.4f} | "
                 f"{math.log(s / a0) / (2 * s):.4f} | {np.median(th):.4f} | {dev:.2e} | "
-                f"{pred:.2e} | {leak:.1e} |"
+                f"{pred:.2e} | {leak:.1e} / {end:.1e} |"
             )
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -395,21 +440,27 @@ def plot_saxe_dynamics(out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(2, cols, figsize=(6 * cols, 7.5), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for c, (a0, runs) in enumerate(by_a0.items()):
+    for c, ((init, a0), runs) in enumerate(by_a0.items()):
         traj = store.load_trajectory(runs[0]["run_id"])
         t = np.asarray(traj["step"]) * lr
         tt = np.linspace(0, t[-1], 600)
         for i, s in enumerate(strengths):
+            u0 = runs[0]["final"].get(f"u0_{i}", a0)
             col = colors[i % len(colors)]
             axes[0, c].plot(t, traj["modes"][:, i], color=col, lw=3, alpha=0.45,
                             label=f"s = {s:g}: simulation")  # fmt: skip
-            axes[0, c].plot(tt, closed_form(tt, s, a0), "--", color=col, lw=1.2,
+            axes[0, c].plot(tt, closed_form(tt, s, u0), "--", color=col, lw=1.2,
                             label="closed form" if i == 0 else None)  # fmt: skip
-            axes[0, c].axvline(float(half_time(s, a0)), color=col, ls=":", lw=1)
-            axes[1, c].plot(t, traj["modes"][:, i] - closed_form(t, s, a0), color=col, lw=1.5)
-            axes[1, c].plot(t, first_order_deviation(t, s, a0, lr), "k--", lw=0.8,
+            axes[0, c].axvline(float(half_time(s, u0)), color=col, ls=":", lw=1)
+            axes[1, c].plot(t, traj["modes"][:, i] - closed_form(t, s, u0), color=col, lw=1.5)
+            axes[1, c].plot(t, first_order_deviation(t, s, u0, lr), "k--", lw=0.8,
                             label="first order in the step" if i == 0 else None)  # fmt: skip
-        axes[0, c].set_title(f"u0 = {a0:g} (dotted: t_half = ln(s/u0 - 1)/(2s))")
+        title = (
+            f"aligned init, u0 = {a0:g}"
+            if init == "aligned"
+            else f"random init, std u0 = {a0:g} (closed form: effective u0)"
+        )
+        axes[0, c].set_title(title + "\n(dotted: t_half = ln(s/u0 - 1)/(2s))", fontsize=9)
         axes[0, c].set_ylabel("mode strength u_alpha = u_alpha^T W2 W1 v_alpha")
         axes[1, c].set_ylabel("simulation - closed form")
         axes[1, c].set_xlabel("t / tau (= step x lr)")
