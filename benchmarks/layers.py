@@ -3,9 +3,14 @@
 Run from the repository root (needs the ``bench`` extra: ``pip install -e ".[bench]"``, which
 brings PyTorch's CPU build and tensorly-torch):
 
-    python benchmarks/layers.py                 # the grid (about 10-15 minutes on 2 cores)
+    python benchmarks/layers.py                 # the grid: over an hour on 2 cores (below)
     python benchmarks/layers.py --quick         # a small grid: a smoke test
-    python benchmarks/layers.py --json out.json # also save the numbers
+    python benchmarks/layers.py --json out.json # also save the numbers (after every point)
+
+Run 4 (docs/benchmarks.md): TT took 50 minutes for 26 points, Tucker and CP 25 minutes
+together; TT d=4096 r=64 B=4096 alone ran for 50 minutes more without finishing, with 22 of
+the machine's 24 GB in use (the chain orders' 4 GB intermediates, timed in every round).
+Select formats with ``--formats``.
 
 For every point of the grid (``d_in = d_out = d``, rank ``r``, batch ``B``, format) it times the
 forward plus backward pass of ``y = x W^T``: ``y``, and the gradient of ``sum(g * y)`` with
