@@ -7,8 +7,8 @@ brings PyTorch's CPU build and tensorly-torch):
     python benchmarks/layers.py --quick         # a small grid: a smoke test
     python benchmarks/layers.py --json out.json # also save the numbers (after every point)
 
-Run 4 (docs/benchmarks.md): TT took 50 minutes for 26 points, Tucker and CP 25 minutes
-together; TT d=4096 r=64 B=4096 alone ran for 50 minutes more without finishing, with 22 of
+Run 4 (docs/benchmarks.md): TT took 27 minutes for 26 points, Tucker and CP 25 minutes
+together; TT d=4096 r=64 B=4096 alone ran for 22 minutes more without finishing, with 22 of
 the machine's 24 GB in use (the chain orders' 4 GB intermediates, timed in every round).
 Select formats with ``--formats``.
 
