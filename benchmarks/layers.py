@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import OtherLoad, machine, time_rounds
 
-from factorjax.factorizations._operator import matmul_t
+from factorjax.factorizations._operator import _output_and_grad, matmul_t
 
 DIMS = (256, 1024, 4096)
 RANKS = (4, 16, 64)
@@ -138,11 +138,7 @@ def jax_fwd_bwd(W, x, g, order):
     # The output and the gradient, as a training step needs both (the gradient of sum(y * g)
     # alone would let XLA drop the forward matmul of "dense"; PyTorch computes it). x and g
     # are arguments, not constants closed over: XLA would fold products of constants.
-    def step(W, x, g):
-        y, vjp = jax.vjp(lambda W: W.apply(x, order=order), W)
-        return y, vjp(g)[0]
-
-    f = jax.jit(step)
+    f = jax.jit(lambda W, x, g: _output_and_grad(W, x, g, order))
     jax.block_until_ready(f(W, x, g))
     return lambda: f(W, x, g)
 
