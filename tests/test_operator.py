@@ -77,6 +77,26 @@ def test_matmul_t_is_x_times_m_transpose_at_every_batch(rng, x64):
         assert y.shape == (b, 5)
         np.testing.assert_allclose(y, np.asarray(x) @ np.asarray(m).T, rtol=1e-13, atol=1e-13)
         check_grads(jax.jit(_operator.matmul_t), (x, m), order=2)
+    # the gradients with respect to one operand only (the other's tangent a symbolic zero),
+    # under jit and under vmap over a stack of weights, against g^T x and g m
+    x = jnp.asarray(rng.standard_normal((4, 7)))
+    g = rng.standard_normal((4, 5))
+
+    def pull(x, m):
+        return jax.vjp(_operator.matmul_t, x, m)[1](jnp.asarray(g))
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(lambda m: jnp.sum(g * _operator.matmul_t(x, m))))(m),
+        g.T @ np.asarray(x),
+        rtol=1e-13,
+    )
+    np.testing.assert_allclose(
+        jax.grad(lambda x: jnp.sum(g * _operator.matmul_t(x, m)))(x), g @ np.asarray(m), rtol=1e-13
+    )
+    ms = jnp.stack([m, 2 * m])
+    gx, gm = jax.jit(jax.vmap(pull, in_axes=(None, 0)))(x, ms)
+    np.testing.assert_allclose(gm, np.stack([g.T @ np.asarray(x)] * 2), rtol=1e-13)
+    np.testing.assert_allclose(gx[1], 2 * g @ np.asarray(m), rtol=1e-13)
 
 
 @pytest.mark.parametrize(

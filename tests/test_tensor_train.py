@@ -361,6 +361,28 @@ def test_ttm_to_matrix_equals_definition_and_tensorly(rng):
     np.testing.assert_allclose(tl_tensor, ref.reshape(*OUT, *IN), rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize(
+    "ranks, cheaper", [((1, 2, 6), "right"), ((6, 2, 1), "left"), ((3, 3, 3), "right")]
+)
+def test_ttm_to_matrix_sweeps_from_the_cheaper_end(rng, ranks, cheaper):
+    # four cores, unequal ranks: the rebuild sweeps from the end whose FLOPs are fewer, both
+    # ways agree with the definition, and so do their gradients
+    out_modes, in_modes = (2, 3, 2, 3), (3, 2, 2, 2)
+    cores = random_ttm_cores(rng, out_modes, in_modes, ranks)
+    sizes = [o * i for o, i in zip(out_modes, in_modes, strict=True)]
+    full = [1, *ranks, 1]
+    # merging the first k cores with core k, or core k with the last d - k - 1 cores
+    left = sum(2 * math.prod(sizes[:k]) * full[k] * sizes[k] * full[k + 1] for k in (1, 2, 3))
+    right = sum(2 * full[k] * sizes[k] * full[k + 1] * math.prod(sizes[k + 1 :]) for k in (0, 1, 2))
+    assert (left < right) == (cheaper == "left")
+    W = TTMatrix(cores)
+    assert W.reconstruction_flops() == min(left, right)
+    with jax.enable_x64(True):
+        f64_cores = tuple(jnp.asarray(c, jnp.float64) for c in cores)
+        np.testing.assert_allclose(TTMatrix(f64_cores).to_matrix(), ref_ttm(cores), rtol=1e-12)
+        check_grads(lambda *c: TTMatrix(tuple(map(jnp.asarray, c))).to_matrix(), f64_cores, order=1)
+
+
 def ref_apply_tol(cores, x):
     """Bound for x W^T in any order: the additions of the contracted indices (in_k r_k per
     step, or d_in + the reconstruction's ranks) plus the d + 1 factors of each term."""

@@ -27,10 +27,8 @@ from factorjax.factorizations._operator import (
 )
 from factorjax.factorizations._tensorize import balanced_modes, check_modes
 from factorjax.factorizations.tensor_train import (
-    _chain_order,
     _check_cap,
     _check_train,
-    _contract,
     _init_cores,
     _resolve_ranks,
     _split_rank_rtol,
@@ -226,9 +224,7 @@ class TTMatrix(AbstractOperator):
         return self.to_matrix()
 
     def reconstruction_flops(self) -> int:
-        ranks_full = [c.shape[0] for c in self.cores] + [1]
-        sizes = [o * i for o, i in zip(self.out_modes, self.in_modes, strict=True)]
-        return _chain_order(ranks_full, sizes)[0]
+        return min(_sweep_flops(self.cores))
 
     def round(self, rtol: Any = None, rank: Any = None) -> "TTMatrix":
         """TT rounding of the cores, as `TensorTrain.round` (``rtol`` bounds
@@ -275,17 +271,48 @@ class TTMatrix(AbstractOperator):
 
 
 # The reconstruction of `TTMatrix`, jitted so that eager calls run one cached program per shape.
+#
+# It sweeps the train from one end, holding the part built so far in the layout of the final
+# matrix, ``(outputs, inputs, r)`` (the output modes so far, the input modes so far, the open
+# bond). Each
+# step is one matmul with the next core and a swap of two middle axes. Merging the cores as a
+# plain tensor train and permuting the interleaved ``(o_1 i_1 ... o_d i_d)`` result at the end
+# ran at the same FLOPs but 1.8x slower with its gradient (d=1024, r=16 on the 2-core CPU,
+# jax 0.10: 5.2 against 3.0 ms), most of it in XLA's copies for the 2d-axis permutations.
+
+
+def _sweep_flops(cores: Sequence[Any]) -> tuple[int, int]:
+    """FLOPs of rebuilding ``W`` from the left and from the right."""
+    sizes = [c.shape[1] * c.shape[2] for c in cores]
+    ranks = [c.shape[0] for c in cores] + [1]
+    d = len(cores)
+    left = sum(2 * math.prod(sizes[:k]) * ranks[k] * sizes[k] * ranks[k + 1] for k in range(1, d))
+    right = sum(
+        2 * ranks[k] * sizes[k] * ranks[k + 1] * math.prod(sizes[k + 1 :]) for k in range(d - 1)
+    )
+    return left, right
 
 
 @jax.jit
 def _ttm_to_matrix(cores: tuple[Array, ...]) -> Array:
-    out_modes = [c.shape[1] for c in cores]
-    in_modes = [c.shape[2] for c in cores]
-    d = len(cores)
-    flat = tuple(c.reshape(c.shape[0], -1, c.shape[-1]) for c in cores)
-    t = _contract(flat).reshape([m for pair in zip(out_modes, in_modes, strict=True) for m in pair])
-    inverse = [*range(0, 2 * d, 2), *range(1, 2 * d, 2)]
-    return t.transpose(inverse).reshape(math.prod(out_modes), math.prod(in_modes))
+    left, right = _sweep_flops(cores)
+    if left <= right:
+        _, o, i, r = cores[0].shape
+        part = cores[0].reshape(o, i, r)  # (outputs so far, inputs so far, r_k)
+        for core in cores[1:]:
+            (n_out, n_in, r), (_, o, i, r_next) = part.shape, core.shape
+            t = part.reshape(n_out * n_in, r) @ core.reshape(r, o * i * r_next)
+            part = t.reshape(n_out, n_in, o, i * r_next).transpose(0, 2, 1, 3)
+            part = part.reshape(n_out * o, n_in * i, r_next)
+        return part[..., 0]
+    r, o, i, _ = cores[-1].shape
+    part = cores[-1].reshape(r, o, i)  # (r_k, outputs so far, inputs so far)
+    for core in reversed(cores[:-1]):
+        (r, n_out, n_in), (r_prev, o, i, _) = part.shape, core.shape
+        t = core.reshape(r_prev * o * i, r) @ part.reshape(r, n_out * n_in)
+        part = t.reshape(r_prev * o, i, n_out, n_in).transpose(0, 2, 1, 3)
+        part = part.reshape(r_prev, o * n_out, i * n_in)
+    return part[0]
 
 
 __all__ = ["TTMatrix"]
