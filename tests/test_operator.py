@@ -1,5 +1,7 @@
 """The planner of `AbstractOperator`: choosing among candidate orders, and its refusals."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,12 +164,14 @@ def quick_tuning(monkeypatch):
 
 
 def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypatch):
+    monkeypatch.setattr(_operator, "_UNTIMED_ABOVE", math.inf)
     W = _small_ttm()
     plan = W.tune(4, grad=False)  # a real measurement (one short block per order)
     names = {c.order.name for c in W.candidates(4)}
     assert {o.name for o in plan.candidates} == names
     assert plan.seconds is not None and len(plan.seconds) == len(names)
-    assert all(s > 0 for s in plan.seconds) and list(plan.seconds) == sorted(plan.seconds)
+    assert all(0 < s < math.inf for s in plan.seconds)
+    assert list(plan.seconds) == sorted(plan.seconds)
     assert plan.order == plan.candidates[0].name and plan.batch == 4
     assert "ms" in plan.table()
     # cached per shape: other values of the same shapes reuse it; another batch, `grad` or
@@ -182,6 +186,23 @@ def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypat
     W.truncate(2).tune(4, grad=False)
     assert calls == [(4, True), (5, False), (4, False)]
     assert len(_operator._TUNED) == 4
+
+
+def test_tune_leaves_untimed_the_orders_the_model_scores_far_above_its_cheapest(
+    quick_tuning, monkeypatch
+):
+    W = TTMatrix.init(64, 64, 8, key=jax.random.key(0), out_modes=(4, 4, 4), in_modes=(4, 4, 4))
+    scores = {c.order.name: _operator._score(c.order)[0] for c in W.candidates(256)}
+    cheapest = min(scores.values())
+    limit = 2.0
+    far = {n for n, v in scores.items() if v > limit * cheapest}
+    assert far and len(far) < len(scores)  # the case is informative
+    monkeypatch.setattr(_operator, "_UNTIMED_ABOVE", limit)
+    plan = W.tune(256, grad=False)
+    seconds = dict(zip((o.name for o in plan.candidates), plan.seconds, strict=True))
+    assert set(seconds) == set(scores)
+    assert {n for n, t in seconds.items() if t == math.inf} == far
+    assert plan.order not in far and plan.seconds[0] < math.inf
 
 
 def test_tuned_order_under_jit_with_traced_factors(quick_tuning):
