@@ -25,11 +25,6 @@ from layers import make_weight
 from factorjax.factorizations import _operator
 
 
-def score(order, chain_penalty, byte_cost):
-    chain = order.flops - order.gemm_flops
-    return chain * chain_penalty + order.gemm_flops + byte_cost * order.peak_bytes
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("json", nargs="+", help="outputs of layers.py --json")
@@ -50,7 +45,7 @@ def main(argv=None):
         ratios = []
         for row, orders in points:
             times = row["orders_s"]  # orders it did not time (too large) count as infinite
-            pick = min(orders.values(), key=lambda o: (score(o, cp, bc), o.peak_bytes))
+            pick = min(orders.values(), key=lambda o: _operator._score(o, cp, bc))
             ratios.append(min(times.values()) / times.get(pick.name, math.inf))
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         results.append((cp, bc, min(ratios), sum(r < 0.9 for r in ratios), geo))

@@ -57,15 +57,19 @@ class Order(NamedTuple):
         flops: floating-point operations (a multiply-add counts 2) for the whole batch.
         peak_bytes: bytes of the largest intermediate it holds (the dense ``W`` for
             ``"dense"``, the input and output excluded).
-        gemm_flops: the part of ``flops`` done by one large matrix product (the
-            ``(B, d_in) x (d_in, d_out)`` product of ``"dense"``), which runs at a higher rate
-            than chains of small contractions (see `CHAIN_PENALTY`).
+        gemm_flops: the part of ``flops`` done by plain products of two matrices (the
+            ``(B, d_in) x (d_in, d_out)`` product of ``"dense"``, the product with a
+            Khatri-Rao matrix or a merged Tucker core, those of low-rank factors), which run
+            at a higher rate than chains of small contractions (see `CHAIN_PENALTY`).
+        traffic_bytes: bytes of all the intermediates it writes (and reads back); 0 where
+            an order does not count them: its ``peak_bytes`` stands in.
     """
 
     name: str
     flops: int
     peak_bytes: int
     gemm_flops: int = 0
+    traffic_bytes: int = 0
 
 
 class Candidate(NamedTuple):
@@ -115,21 +119,29 @@ class Plan(NamedTuple):
 
 
 # The cost model: time ~ FLOPs at the rate of the kind of work, plus memory traffic. A chain
-# of small contractions (every order but the final matmul of "dense", and the reconstruction
-# of W inside "dense") runs at a lower FLOP rate than one large matmul: it reshapes and
+# of small contractions (einsum paths, mode products, the reconstruction of W inside "dense")
+# runs at a lower FLOP rate than a plain product of two matrices: it reshapes and
 # transposes between steps and its operands are small, so its FLOPs count CHAIN_PENALTY times.
-# Every byte of an order's largest intermediate is written, transposed and read back (twice
-# more under a gradient), and counts as BYTE_COST FLOPs. Fitted on the grid of
-# benchmarks/layers.py on a 2-core CPU (see docs/benchmarks.md): chains reached 1/3 to 1/4 of
-# the dense matmul's GFLOP/s, and orders with large intermediates ran memory-bound.
-CHAIN_PENALTY = 4.0
-BYTE_COST = 256.0
+# Every byte of an order's intermediates is written, transposed and read back (twice more
+# under a gradient), and counts as BYTE_COST FLOPs. Fitted on the grid of
+# benchmarks/layers.py on a 2-core CPU (run 5 in docs/benchmarks.md, with
+# benchmarks/fit_cost_model.py): the order picked was within 10% of the fastest at 75 of 81
+# points, against 69 with the earlier model (chains at 4x, the largest intermediate alone at
+# 256 FLOPs a byte, no matmul but dense's counted as one).
+CHAIN_PENALTY = 6.0
+BYTE_COST = 128.0
 
 
-def _score(order: Order) -> tuple[float, int]:
+def _score(
+    order: Order, chain_penalty: float | None = None, byte_cost: float | None = None
+) -> tuple[float, int]:
+    """The cost model's score of ``order`` (lower is better), then its peak for ties; the
+    constants default to `CHAIN_PENALTY` and `BYTE_COST`."""
+    chain_penalty = CHAIN_PENALTY if chain_penalty is None else chain_penalty
+    byte_cost = BYTE_COST if byte_cost is None else byte_cost
     chain = order.flops - order.gemm_flops
-    cost = chain * CHAIN_PENALTY + order.gemm_flops + BYTE_COST * order.peak_bytes
-    return (cost, order.peak_bytes)
+    moved = order.traffic_bytes or order.peak_bytes
+    return (chain * chain_penalty + order.gemm_flops + byte_cost * moved, order.peak_bytes)
 
 
 def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
@@ -379,7 +391,8 @@ def network_candidates(
             return _contract_path(net.subscripts, path, xt, *net.operands).reshape(x.shape[0], -1)
 
         peak = max(info.size_list[:-1], default=0) * item
-        out.append(Candidate(Order(name, int(info.opt_cost), int(peak)), fn))
+        traffic = sum(info.size_list[:-1]) * item
+        out.append(Candidate(Order(name, int(info.opt_cost), int(peak), 0, int(traffic)), fn))
     return tuple(out)
 
 

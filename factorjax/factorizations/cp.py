@@ -449,13 +449,24 @@ class CP(AbstractTensorOperator):
             return expand(x @ khatri_rao(f_in))
 
         kr_cost = kr_flops(in_modes, r) + 2 * b * d_in * r
+        out_gemm, in_gemm = 2 * b * r * d_out, 2 * b * d_in * r  # plain matmuls
+        factored_order = Order(
+            "factored",
+            flops + out_flops,
+            max(sizes + out_sizes) * itemsize,
+            out_gemm,
+            sum(sizes + out_sizes) * itemsize,
+        )
+        kr_order = Order(
+            "khatri-rao",
+            kr_cost + out_flops,
+            max(d_in * r, *out_sizes) * itemsize,
+            in_gemm + out_gemm,
+            (d_in * r + sum(out_sizes)) * itemsize,
+        )
         return (
-            Candidate(
-                Order("factored", flops + out_flops, max(sizes + out_sizes) * itemsize), factored
-            ),
-            Candidate(
-                Order("khatri-rao", kr_cost + out_flops, max(d_in * r, *out_sizes) * itemsize), kr
-            ),
+            Candidate(factored_order, factored),
+            Candidate(kr_order, kr),
             *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
         )

@@ -225,7 +225,8 @@ class DeepLowRank(AbstractOperator):
             return x
 
         peak = max((batch * w for w in h[1:-1]), default=0) * item
-        return (Candidate(Order("factored", flops, peak), factored), dense_candidate(self, batch))
+        factored_order = Order("factored", flops, peak, flops)  # matmuls only
+        return (Candidate(factored_order, factored), dense_candidate(self, batch))
 
 
 __all__ = ["DeepLowRank"]

@@ -171,10 +171,9 @@ class LowRank(AbstractOperator):
         (d_out, d_in), r = self.shape, self.rank
         item = jnp.dtype(self.dtype).itemsize
         flops = 2 * batch * r * (d_in + d_out)
+        factored = Order("factored", flops, batch * r * item, flops)  # two matmuls
         return (
-            Candidate(
-                Order("factored", flops, batch * r * item), lambda x: matmul_t(x @ self.v, self.u)
-            ),
+            Candidate(factored, lambda x: matmul_t(x @ self.v, self.u)),
             dense_candidate(self, batch),
         )
 

@@ -494,20 +494,22 @@ class Tucker(AbstractTensorOperator):
             c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
             return matmul_t(project(x), c)
 
-        def order(name, flops, sizes):
-            return Order(name, flops, max(sizes) * itemsize)
+        def order(name, chain_flops, gemm_flops, sizes):
+            # the one plain matmul (`matmul_t`) of each order counts as such in the model
+            flops, peak, traffic = chain_flops + gemm_flops, max(sizes), sum(sizes)
+            return Order(name, flops, peak * itemsize, gemm_flops, traffic * itemsize)
 
         return (
             Candidate(
-                order("factored", proj_f + 2 * b * S * T + exp_f, [*proj_s, b * S, *exp_s[:-1]]),
+                order("factored", proj_f + exp_f, 2 * b * S * T, [*proj_s, b * S, *exp_s[:-1]]),
                 factored,
             ),
             Candidate(
-                order("core-input", cin_f + 2 * b * d_in * S + exp_f, [*cin_s, b * S, *exp_s[:-1]]),
+                order("core-input", cin_f + exp_f, 2 * b * d_in * S, [*cin_s, b * S, *exp_s[:-1]]),
                 core_input,
             ),
             Candidate(
-                order("core-output", proj_f + cout_f + 2 * b * T * d_out, [*proj_s, *cout_s]),
+                order("core-output", proj_f + cout_f, 2 * b * T * d_out, [*proj_s, *cout_s]),
                 core_output,
             ),
             *network_candidates(self.network(), batch, self.dtype),
