@@ -147,8 +147,8 @@ def _score(
 def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
     """The candidate named ``order``, or with ``order="auto"`` the cheapest under the cost
     model: FLOPs (those of chains of small contractions weighted by `CHAIN_PENALTY` against
-    those of one large matmul) plus `BYTE_COST` per byte of the largest intermediate; ties go
-    to the smaller peak."""
+    those of plain matmuls) plus `BYTE_COST` per byte of its intermediates; ties go to the
+    smaller peak."""
     names = tuple(c.order.name for c in candidates)
     if order == "auto":
         return min(candidates, key=lambda c: _score(c.order))
