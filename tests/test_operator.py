@@ -101,6 +101,26 @@ def test_matmul_t_is_x_times_m_transpose_at_every_batch(rng, x64):
     np.testing.assert_allclose(gx[1], 2 * g @ np.asarray(m), rtol=1e-13)
 
 
+@pytest.mark.parametrize("lead", [1, 3])
+def test_left_matmul_is_a_times_every_slice(rng, x64, lead):
+    """``left_matmul(a, y)[p] = a @ y[p]``, written out entry by entry, and its gradient."""
+    a = jnp.asarray(rng.standard_normal((4, 5)))
+    y = jnp.asarray(rng.standard_normal((lead, 5, 6)))
+    want = np.zeros((lead, 4, 6))
+    for p in range(lead):
+        for i in range(4):
+            for q in range(6):
+                want[p, i, q] = sum(float(a[i, k] * y[p, k, q]) for k in range(5))
+    got = _operator.left_matmul(a, y)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    check_grads(jax.jit(_operator.left_matmul), (a, y), order=2)
+    ys = jnp.stack([y, 2 * y])
+    np.testing.assert_allclose(
+        jax.vmap(_operator.left_matmul, in_axes=(None, 0))(a, ys)[1], 2 * want, rtol=1e-13
+    )
+
+
 @pytest.mark.parametrize(
     "make",
     [

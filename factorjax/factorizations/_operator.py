@@ -43,6 +43,7 @@ __all__ = [
     "autotune",
     "choose",
     "dense_candidate",
+    "left_matmul",
     "matmul_t",
     "network_candidates",
     "sequential_path",
@@ -316,6 +317,23 @@ def _matmul_t_jvp(primals, tangents):
     return x @ m.T, sum(terms[1:], terms[0])
 
 
+def left_matmul(a: Array, y: Array) -> Array:
+    """``a @ y[p]`` for every ``p``: ``a`` of shape ``(m, n)``, ``y`` of shape ``(P, n, Q)``,
+    the result ``(P, m, Q)``; ``a`` is broadcast over ``P`` (one plain matmul where ``P = 1``).
+
+    It contracts a middle axis of a row-major tensor without moving any of its axes: a chain
+    of such steps over a batch-last tensor (``(modes..., B)``) runs as large matmuls, with no
+    copy of the batch-sized tensor into another layout, forward or backward. Where ``y`` has
+    fewer columns ``Q`` than ``a`` (a batch of one) the broadcast would cost more than the
+    copy, and ``jnp.einsum`` contracts it."""
+    lead, m, n = y.shape[0], a.shape[0], a.shape[1]
+    if lead == 1:
+        return (a @ y[0])[None]
+    if n > y.shape[2]:  # few columns (a batch of one): broadcasting ``a`` would cost more
+        return jnp.einsum("pkq,mk->pmq", y, a)  # than moving the output's axes
+    return jax.lax.dot_general(jnp.broadcast_to(a, (lead, m, n)), y, (((2,), (1,)), ((0,), (0,))))
+
+
 def dense_candidate(op: AbstractOperator, batch: int) -> Candidate:
     """The ``"dense"`` order: build ``W`` (its reconstruction FLOPs are the caller's to add
     through `reconstruction_flops`), then one ``(B, d_in) x (d_in, d_out)`` matmul."""
@@ -362,7 +380,11 @@ def _contract_path(subscripts: str, path: tuple, *operands: Array) -> Array:
 
 
 def network_candidates(
-    net: Network, batch: int, dtype: Any, named: dict[str, tuple] | None = None
+    net: Network,
+    batch: int,
+    dtype: Any,
+    named: dict[str, tuple] | None = None,
+    runners: dict[str, Callable[[Array], Array]] | None = None,
 ) -> tuple[Candidate, ...]:
     """Orders that contract the network ``net`` with a batch of inputs pairwise along an
     opt_einsum path: each path of ``named`` under its name, then opt_einsum's cheapest path
@@ -370,7 +392,12 @@ def network_candidates(
     beyond) and its ``"greedy"`` one (``"einsum-greedy"``). Pairwise trees (two cores merged
     before the input meets them) are among them. Every name is listed at every batch size,
     so that an order can be forced by name, even where two paths coincide. FLOPs and the
-    largest intermediate are opt_einsum's count of the path, the output excluded."""
+    largest intermediate are opt_einsum's count of the path, the output excluded.
+
+    A path of ``named`` runs through ``jnp.einsum``, or through ``runners[name]`` where the
+    caller computes it as matmuls (`left_matmul`, batch last): there its steps no side of
+    which is below `GEMM_MIN_DIM` count as matmul FLOPs (`Order.gemm_flops`)."""
+    runners = runners or {}
     shapes = [(batch, *net.in_shape), *(o.shape for o in net.operands)]
     ways = {**(named or {}), "einsum-optimal": "optimal" if len(shapes) <= 5 else "dp"}
     ways["einsum-greedy"] = "greedy"
@@ -392,8 +419,31 @@ def network_candidates(
 
         peak = max(info.size_list[:-1], default=0) * item
         traffic = sum(info.size_list[:-1]) * item
-        out.append(Candidate(Order(name, int(info.opt_cost), int(peak), 0, int(traffic)), fn))
+        gemm = _gemm_flops(info) if name in runners else 0
+        order = Order(name, int(info.opt_cost), int(peak), gemm, int(traffic))
+        out.append(Candidate(order, runners.get(name, fn)))
     return tuple(out)
+
+
+def _gemm_flops(info: Any) -> int:
+    """The FLOPs of the steps of an opt_einsum path that are products of matrices no side of
+    which is below `GEMM_MIN_DIM` (rows, columns and the contracted length, batch axes
+    aside): they run at the rate of a plain matmul."""
+    total = 0
+    for _, _, step, _, _ in info.contraction_list:
+        inputs, output = step.split("->")
+        terms = inputs.split(",")
+        if len(terms) != 2:
+            continue
+        a, b = set(terms[0]), set(terms[1])
+        size = lambda labels: math.prod(info.size_dict[c] for c in labels)  # noqa: E731
+        m, n, k = size(a - b), size(b - a), size((a & b) - set(output))
+        if min(m, n, k) >= GEMM_MIN_DIM:
+            total += 2 * m * n * k * size(a & b & set(output))
+    return total
+
+
+GEMM_MIN_DIM = 10**9
 
 
 # -- measured plans ---------------------------------------------------------------------------

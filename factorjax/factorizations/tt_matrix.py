@@ -22,6 +22,7 @@ from factorjax.factorizations._operator import (
     Candidate,
     Network,
     dense_candidate,
+    left_matmul,
     network_candidates,
     sequential_path,
 )
@@ -264,10 +265,35 @@ class TTMatrix(AbstractOperator):
             "right-to-left": sequential_path(d + 1, [0, *range(d, 0, -1)]),
             "left-to-right": sequential_path(d + 1, range(d + 1)),
         }
+        # the two sweeps contract as their paths say (same FLOPs and intermediates), batch last
+        sweeps = {"right-to-left": self._sweep_right, "left-to-right": self._sweep_left}
         return (
-            *network_candidates(self.network(), batch, self.dtype, named),
+            *network_candidates(self.network(), batch, self.dtype, named, sweeps),
             dense_candidate(self, batch),
         )
+
+    def _sweep_left(self, x: Array) -> Array:
+        """``x W^T`` core by core from the first, batch last: the running tensor is
+        ``(o_1 .. o_{k-1}, r_{k-1}, i_k .. i_d, B)``; step ``k`` contracts its adjacent
+        ``(r_{k-1}, i_k)`` with core ``k`` (`left_matmul`, over the ``o`` entries so far)."""
+        b, y, lead = x.shape[0], x.T, 1
+        for c in self.cores:
+            r0, o, i, r1 = c.shape
+            mat = c.transpose(1, 3, 0, 2).reshape(o * r1, r0 * i)
+            y = left_matmul(mat, y.reshape(lead, r0 * i, -1))
+            lead *= o
+        return y.reshape(self.out_features, b).T
+
+    def _sweep_right(self, x: Array) -> Array:
+        """``x W^T`` core by core from the last, batch last: the running tensor is
+        ``(i_1 .. i_k, r_k, o_{k+1} .. o_d, B)``; step ``k`` contracts its adjacent
+        ``(i_k, r_k)`` with core ``k`` (`left_matmul`, over the ``i`` entries left)."""
+        b, y, lead = x.shape[0], x.T, self.in_features
+        for c in reversed(self.cores):
+            r0, o, i, r1 = c.shape
+            lead //= i
+            y = left_matmul(c.reshape(r0 * o, i * r1), y.reshape(lead, i * r1, -1))
+        return y.reshape(self.out_features, b).T
 
 
 # The reconstruction of `TTMatrix`, jitted so that eager calls run one cached program per shape.
