@@ -1,8 +1,9 @@
 """Timing helpers shared by the benchmark scripts.
 
 - `time_rounds`: the best time of each implementation over interleaved rounds (the order reversed
-  every other round), with a pause before each timed call: BLAS worker threads spin for up to
-  0.2 s after a call and would steal a core from the next one.
+  every other round), with a pause before each timed block: BLAS worker threads spin for up to
+  0.2 s after a call and would steal a core from the next one. After the pause, untimed calls
+  warm the implementation up again (`WARM_S`).
 - `OtherLoad`: how many cores other processes kept busy while a part ran, so that a reader can
   tell a quiet measurement from a loaded one.
 - `machine`: what the numbers were measured on.

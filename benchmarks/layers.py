@@ -12,7 +12,7 @@ together; TT d=4096 r=64 B=4096 alone ran for 22 minutes more without finishing,
 the machine's 24 GB in use (the chain orders' 4 GB intermediates, timed in every round).
 Since run 5, orders whose largest intermediate exceeds 1 GiB are not timed (``untimed`` in
 the JSON), and `tune` does not time orders its cost model scores above 16x its cheapest.
-Run 6 covered the whole grid in 42 minutes.
+Run 6 covered the whole grid in 42 minutes, run 7 (with the warm-up) in 54.
 Select formats with ``--formats``.
 
 For every point of the grid (``d_in = d_out = d``, rank ``r``, batch ``B``, format) it times the
@@ -38,7 +38,8 @@ Tensorization: ``d`` splits into 3 balanced modes on each side (``balanced_modes
 rank is the TT inner rank, the CP rank, and every Tucker mode rank (clipped to the mode sizes).
 float32 throughout. Ratios compare times measured in the same round (interleaved rounds, best
 of each; a block of back-to-back calls lasting at least 50 ms per implementation and round,
-so that millisecond calls are averaged), never absolute times across runs.
+so that millisecond calls are averaged, after 50 ms of untimed calls: since run 7, see
+`_timing.WARM_S`), never absolute times across runs.
 """
 
 import argparse

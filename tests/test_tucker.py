@@ -127,7 +127,15 @@ def test_to_dense_equals_explicit_sum_and_tensorly(rng, shape, ranks):
 
 
 OUT, IN, RANKS = (2, 3), (4, 2, 3), (2, 3, 3, 2, 2)
-NAMES = {"factored", "core-input", "core-output", "einsum-optimal", "einsum-greedy", "dense"}
+NAMES = {
+    "factored",
+    "core-input",
+    "core-output",
+    "low-rank",
+    "einsum-optimal",
+    "einsum-greedy",
+    "dense",
+}
 
 
 @pytest.mark.parametrize("lead", [(1,), (6,), (2, 3)])
@@ -157,6 +165,17 @@ def test_every_candidate_equals_dense_matmul(rng, lead):
     xs = x.reshape(-1, d_in)
     assert_within(t(xs[0]), ref.reshape(-1, d_out)[0], bound.reshape(-1, d_out)[0])
     assert_within(jax.vmap(t)(xs), ref.reshape(-1, d_out), bound.reshape(-1, d_out))
+
+
+def test_low_rank_through_either_side(rng, x64):
+    """``"low-rank"`` goes through the smaller of S (output ranks) and T (input ranks)."""
+    for ranks, inner in (((2, 2, 3, 3), 4), ((4, 3, 2, 2), 4)):  # S < T, then S > T
+        t = random_tucker(rng, (4, 3, 3, 4), ranks, n_out=2, dtype=jnp.float64)
+        x = rng.standard_normal((5, 12))
+        W = tucker_loops(t.core, t.factors).reshape(12, 12)
+        np.testing.assert_allclose(t.apply(x, order="low-rank"), x @ W.T, rtol=1e-12, atol=1e-12)
+        order = {c.order.name: c.order for c in t.candidates(5)}["low-rank"]
+        assert order.gemm_flops == 2 * 5 * inner * (12 + 12)
 
 
 def cheapest_chain(expr_in, operands, letters):
@@ -192,6 +211,11 @@ def test_flop_counts_match_opt_einsum(rng):
     merge_out = cheapest_chain("abpqr,ua,vb->uvpqr", [RANKS, (2, 2), (3, 3)], "uv")
     mm = opt_einsum.contract_path("bt,ot->bo", (B, 12), (6, 12), shapes=True)[1].opt_cost
     assert orders["core-output"].flops == proj + merge_out + mm
+    # low-rank through S = 2 * 3 = 6 < T = 12: the Kronecker product of the output factors
+    # (2 x 2, then 3 x 3: 4 * 9 multiplications), the core merged with the input factors, and
+    # the matmuls (B, 24) x (24, 6) and (B, 6) x (6, 6)
+    assert orders["low-rank"].flops == 4 * 9 + merge_in + 2 * B * 6 * (24 + 6)
+    assert orders["low-rank"].gemm_flops == 2 * B * 6 * (24 + 6)
     recon = cheapest_chain(
         "abcde,ia,jb,kc,ld,me->ijklm",
         [RANKS, (2, 2), (3, 3), (4, 3), (2, 2), (3, 2)],

@@ -460,7 +460,10 @@ class Tucker(AbstractTensorOperator):
         the core, expand through the output factors; ``"core-input"``: merge the input factors
         into the core first (``(S, d_in)``, independent of the batch), one matmul, expand;
         ``"core-output"``: project ``x``, one matmul with the core merged with the output
-        factors ``(d_out, T)``; ``"dense"``. Mode products go in their cheapest order."""
+        factors ``(d_out, T)``; ``"low-rank"``: ``W`` as the product of two matrices through
+        the smaller of ``S`` and ``T`` (the Kronecker product of one side's factors, and the
+        core merged with the other side's), two matmuls and no mode product on the batch;
+        ``"dense"``. Mode products go in their cheapest order."""
         out_modes, in_modes = self._view()
         p, b = self.n_out, batch
         s_r, t_r = self.ranks[:p], self.ranks[p:]
@@ -494,6 +497,27 @@ class Tucker(AbstractTensorOperator):
             c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
             return matmul_t(project(x), c)
 
+        def kron(mats):  # (prod n_k, prod r_k), row-major like the modes
+            return functools.reduce(jnp.kron, mats)
+
+        def kron_flops(mats):
+            sizes = [m.shape[0] * m.shape[1] for m in mats]
+            return sum(math.prod(sizes[:k]) for k in range(2, len(sizes) + 1))
+
+        if S <= T:  # W = kron(out factors) (d_out, S) @ core merged with the inputs (S, d_in)
+            lr_chain, lr_sizes, lr_inner = cin_f + kron_flops(f_out), [*cin_s, d_out * S], S
+
+            def low_rank(x):
+                c = run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
+                return matmul_t(matmul_t(x, c), kron(f_out))
+
+        else:  # W = core merged with the outputs (d_out, T) @ kron(in factors)^T (T, d_in)
+            lr_chain, lr_sizes, lr_inner = cout_f + kron_flops(f_in), [*cout_s, d_in * T], T
+
+            def low_rank(x):
+                c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
+                return matmul_t(x @ kron(f_in), c)
+
         def order(name, chain_flops, gemm_flops, sizes):
             # the one plain matmul (`matmul_t`) of each order counts as such in the model
             flops, peak, traffic = chain_flops + gemm_flops, max(sizes), sum(sizes)
@@ -511,6 +535,12 @@ class Tucker(AbstractTensorOperator):
             Candidate(
                 order("core-output", proj_f + cout_f, 2 * b * T * d_out, [*proj_s, *cout_s]),
                 core_output,
+            ),
+            Candidate(
+                order(
+                    "low-rank", lr_chain, 2 * b * lr_inner * (d_in + d_out), [*lr_sizes, b * lr_inner]
+                ),
+                low_rank,
             ),
             *network_candidates(self.network(), batch, self.dtype),
             dense_candidate(self, batch),
