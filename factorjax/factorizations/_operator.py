@@ -443,7 +443,11 @@ def _gemm_flops(info: Any) -> int:
     return total
 
 
-GEMM_MIN_DIM = 10**9
+# The smallest side (rows, columns, contracted length) at which a step of a path run as matmuls
+# (`left_matmul`, the TT-matrix sweeps) counts at the matmul rate. Fitted with CHAIN_PENALTY and
+# BYTE_COST on the grid of benchmarks/layers.py (run 8 in docs/benchmarks.md): 32 or 16 put the
+# pick within 10% of the fastest at 75 of 81 points, against 74 with every such step a chain.
+GEMM_MIN_DIM = 32
 
 
 # -- measured plans ---------------------------------------------------------------------------

@@ -538,7 +538,10 @@ class Tucker(AbstractTensorOperator):
             ),
             Candidate(
                 order(
-                    "low-rank", lr_chain, 2 * b * lr_inner * (d_in + d_out), [*lr_sizes, b * lr_inner]
+                    "low-rank",
+                    lr_chain,
+                    2 * b * lr_inner * (d_in + d_out),
+                    [*lr_sizes, b * lr_inner],
                 ),
                 low_rank,
             ),
