@@ -465,6 +465,23 @@ def test_ttm_flops_equal_opt_einsum_counts(rng):
     assert peaks["dense"] == 4 * 24 * 12
 
 
+def test_ttm_sweep_steps_that_are_large_matmuls_count_as_such():
+    """The sweeps run as matmuls (`left_matmul`): a step counts at the matmul rate when none of
+    its sides (rows, columns, contracted length) is below GEMM_MIN_DIM. At d = 4096 = 16^3, r =
+    16, B = 64 only the middle step of right-to-left qualifies (its contracted (i_2, r_2) and
+    its new (r_1, o_2) are 256 long; the first contracts i_3 alone, the last yields o_1
+    alone: 16 < 32). With it, the model picks right-to-left, the fastest order there in run 8
+    of the layers benchmark (55 ms against 119 ms for dense), not dense."""
+    assert _operator.GEMM_MIN_DIM == 32
+    B, n, r = 64, 16, 16
+    W = TTMatrix.init(n**3, n**3, r, key=jax.random.key(0), out_modes=(n,) * 3, in_modes=(n,) * 3)
+    orders = {c.order.name: c.order for c in W.candidates(B)}
+    middle = 2 * (B * n * n) * (r * n) * (n * r)  # rows (B, i_1, o_3), columns, contracted
+    assert orders["right-to-left"].gemm_flops == middle
+    assert orders["einsum-greedy"].gemm_flops == 0  # jnp.einsum paths stay chains
+    assert W.plan(B).order == "right-to-left"
+
+
 def test_ttm_cost_model_dense_wins_at_high_rank_chains_at_low_rank():
     # d = 3, N = 4096 = 16^3 in and out, B = 4096 (shapes only: the candidates read the shapes)
     def ratios(r):
