@@ -1,5 +1,5 @@
 """Refit the planner's cost model (`CHAIN_PENALTY`, `BYTE_COST`, `GEMM_MIN_DIM` in
-factorjax/factorizations/_operator.py) to the candidate times that ``layers.py --json`` saved.
+factorjax/factorizations/_cost.py) to the candidate times that ``layers.py --json`` saved.
 
     python benchmarks/fit_cost_model.py run.json
 
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax
 from layers import make_weight
 
-from factorjax.factorizations import _operator
+from factorjax.factorizations import _cost
 
 
 def main(argv=None):
@@ -34,14 +34,14 @@ def main(argv=None):
     for path in args.json:
         with open(path) as fh:
             rows += json.load(fh)["rows"]
-    saved_min_dim = _operator.GEMM_MIN_DIM
+    saved_min_dim = _cost.GEMM_MIN_DIM
     penalties = (1, 2, 3, 4, 6, 8, 12, 16)
     byte_costs = (0, 16, 32, 64, 128, 256, 512, 1024, 2048)
     min_dims = sorted({saved_min_dim, 16, 32, 64, 128, 256, 10**9})
-    current = (_operator.CHAIN_PENALTY, _operator.BYTE_COST, saved_min_dim)
+    current = (_cost.CHAIN_PENALTY, _cost.BYTE_COST, saved_min_dim)
     results = []
     for md in min_dims:
-        _operator.GEMM_MIN_DIM = md
+        _cost.GEMM_MIN_DIM = md
         points = []
         for row in rows:
             W, _ = make_weight(row["format"], row["d"], row["rank"], jax.random.key(0))
@@ -52,11 +52,11 @@ def main(argv=None):
             ratios = []
             for row, orders in points:
                 times = row["orders_s"]  # orders it did not time (too large) count as infinite
-                pick = min(orders.values(), key=lambda o: _operator._score(o, cp, bc))
+                pick = min(orders.values(), key=lambda o: _cost.score(o, cp, bc))
                 ratios.append(min(times.values()) / times.get(pick.name, math.inf))
             geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
             results.append((cp, bc, md, min(ratios), sum(r < 0.9 for r in ratios), geo))
-    _operator.GEMM_MIN_DIM = saved_min_dim
+    _cost.GEMM_MIN_DIM = saved_min_dim
     head = (
         f"{'CHAIN_PENALTY':>13} {'BYTE_COST':>9} {'GEMM_MIN_DIM':>12} {'worst':>6} "
         f"{'below 0.9':>9} {'geo mean':>8}"

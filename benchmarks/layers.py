@@ -55,7 +55,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import OtherLoad, machine, time_rounds
 
-from factorjax.factorizations._operator import _output_and_grad, matmul_t
+from factorjax.factorizations._operator import matmul_t
+from factorjax.factorizations._tune import _output_and_grad
 
 DIMS = (256, 1024, 4096)
 RANKS = (4, 16, 64)

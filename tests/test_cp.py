@@ -22,7 +22,7 @@ import pytest
 import tensorly
 from jax.test_util import check_grads
 
-from factorjax.factorizations import _operator
+from factorjax.factorizations import _cost
 from factorjax.factorizations.cp import CP
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -114,7 +114,7 @@ def test_every_candidate_equals_dense_matmul(rng, lead):
             assert_within(jitted(cp, x), ref, bound)
     assert_within(cp.apply(x), ref, bound)
     plan = cp.plan(batch)
-    best = min((c.order for c in cands), key=_operator._score)
+    best = min((c.order for c in cands), key=_cost.score)
     assert plan.order == best.name and plan.flops == best.flops
     # one unbatched input, and vmap of it
     xs = x.reshape(-1, d_in)

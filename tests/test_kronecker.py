@@ -23,7 +23,7 @@ import opt_einsum
 import pytest
 from jax.test_util import check_grads
 
-from factorjax.factorizations._operator import CHAIN_PENALTY
+from factorjax.factorizations._cost import CHAIN_PENALTY
 from factorjax.factorizations.kronecker import Kronecker
 
 EPS32 = float(np.finfo(np.float32).eps)

@@ -10,7 +10,7 @@ from jax.test_util import check_grads
 
 import factorjax
 from factorjax import Kronecker, TTMatrix
-from factorjax.factorizations import _operator
+from factorjax.factorizations import _cost, _operator, _tune
 from factorjax.factorizations._operator import Candidate, Order, Plan, choose
 
 
@@ -21,7 +21,7 @@ def _cands(*orders):
 def test_choose_weights_chains_against_one_matmul():
     """A chain is chosen over "dense" only when its cost (FLOPs times CHAIN_PENALTY, plus
     BYTE_COST per byte of its peak) is lower."""
-    p, b = _operator.CHAIN_PENALTY, _operator.BYTE_COST
+    p, b = _cost.CHAIN_PENALTY, _cost.BYTE_COST
     gemm = 10**6
     dense = Order("dense", gemm + 100, 64, gemm)  # 100 FLOPs of reconstruction, also a chain
     dense_cost = 100 * p + gemm + 64 * b
@@ -178,13 +178,13 @@ def _small_ttm():
 @pytest.fixture
 def quick_tuning(monkeypatch):
     """One short block per candidate: the tests check what is measured and kept, not speed."""
-    monkeypatch.setattr(_operator, "_ROUNDS", 1)
-    monkeypatch.setattr(_operator, "_MIN_BLOCK_S", 0.0)
-    _operator._TUNED.clear()
+    monkeypatch.setattr(_tune, "_ROUNDS", 1)
+    monkeypatch.setattr(_tune, "_MIN_BLOCK_S", 0.0)
+    _tune._TUNED.clear()
 
 
 def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypatch):
-    monkeypatch.setattr(_operator, "_UNTIMED_ABOVE", math.inf)
+    monkeypatch.setattr(_tune, "_UNTIMED_ABOVE", math.inf)
     W = _small_ttm()
     plan = W.tune(4, grad=False)  # a real measurement (one short block per order)
     names = {c.order.name for c in W.candidates(4)}
@@ -199,25 +199,25 @@ def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypat
     W2 = TTMatrix.init(24, 12, 3, key=jax.random.key(5), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
     assert W2.tune(4, grad=False) is plan
     calls = []
-    monkeypatch.setattr(_operator, "_measure", lambda op, b, g: calls.append((b, g)) or plan)
+    monkeypatch.setattr(_tune, "_measure", lambda op, b, g: calls.append((b, g)) or plan)
     W.tune(4)
     W.tune(5, grad=False)
     W.plan(4, order="tuned")  # = W.tune(4): cached
     W.truncate(2).tune(4, grad=False)
     assert calls == [(4, True), (5, False), (4, False)]
-    assert len(_operator._TUNED) == 4
+    assert len(_tune._TUNED) == 4
 
 
 def test_tune_leaves_untimed_the_orders_the_model_scores_far_above_its_cheapest(
     quick_tuning, monkeypatch
 ):
     W = TTMatrix.init(64, 64, 8, key=jax.random.key(0), out_modes=(4, 4, 4), in_modes=(4, 4, 4))
-    scores = {c.order.name: _operator._score(c.order)[0] for c in W.candidates(256)}
+    scores = {c.order.name: _cost.score(c.order)[0] for c in W.candidates(256)}
     cheapest = min(scores.values())
     limit = 2.0
     far = {n for n, v in scores.items() if v > limit * cheapest}
     assert far and len(far) < len(scores)  # the case is informative
-    monkeypatch.setattr(_operator, "_UNTIMED_ABOVE", limit)
+    monkeypatch.setattr(_tune, "_UNTIMED_ABOVE", limit)
     plan = W.tune(256, grad=False)
     seconds = dict(zip((o.name for o in plan.candidates), plan.seconds, strict=True))
     assert set(seconds) == set(scores)
@@ -233,7 +233,7 @@ def test_tuned_order_under_jit_with_traced_factors(quick_tuning):
     want = np.asarray(x, np.float64) @ np.asarray(W.to_matrix(), np.float64).T
     y = jax.jit(lambda W, x: W.apply(x, order="tuned"))(W, x)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    assert len(_operator._TUNED) == 1
+    assert len(_tune._TUNED) == 1
 
 
 def test_autotune_makes_auto_take_the_measured_order(monkeypatch):
@@ -258,8 +258,8 @@ def test_autotune_makes_auto_take_the_measured_order(monkeypatch):
         chosen.append(c.order.name)
         return c
 
-    _operator._TUNED.clear()
-    monkeypatch.setattr(_operator, "_measure", fake_measure)
+    _tune._TUNED.clear()
+    monkeypatch.setattr(_tune, "_measure", fake_measure)
     monkeypatch.setattr(_operator, "choose", spy)
     x = jnp.ones((4, 12))
     f = jax.jit(lambda W, x: W.apply(x))

@@ -28,7 +28,7 @@ import tensorly
 from jax.test_util import check_grads
 from tensorly import tt_matrix as tl_tt_matrix
 
-from factorjax.factorizations import TensorTrain, TTMatrix, _operator
+from factorjax.factorizations import TensorTrain, TTMatrix, _cost
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -428,7 +428,7 @@ def test_ttm_every_order_equals_x_wt(rng, lead):
         )
     # plan: the fewest FLOPs under the scoring of _operator.py (chains weighted)
     plan = W.plan(math.prod(lead))
-    best = min(plan.candidates, key=_operator._score)
+    best = min(plan.candidates, key=_cost.score)
     assert plan.order in names and plan.flops == best.flops and plan.order == best.name
     # one unbatched input, and vmap
     np.testing.assert_allclose(W(x.reshape(-1, 12)[0]), ref.reshape(-1, 24)[0], atol=tol)
@@ -472,7 +472,7 @@ def test_ttm_sweep_steps_that_are_large_matmuls_count_as_such():
     its new (r_1, o_2) are 256 long; the first contracts i_3 alone, the last yields o_1
     alone: 16 < 32). With it, the model picks right-to-left, the fastest order there in run 8
     of the layers benchmark (55 ms against 119 ms for dense), not dense."""
-    assert _operator.GEMM_MIN_DIM == 32
+    assert _cost.GEMM_MIN_DIM == 32
     B, n, r = 64, 16, 16
     W = TTMatrix.init(n**3, n**3, r, key=jax.random.key(0), out_modes=(n,) * 3, in_modes=(n,) * 3)
     orders = {c.order.name: c.order for c in W.candidates(B)}

@@ -26,7 +26,7 @@ import pytest
 import tensorly
 from jax.test_util import check_grads
 
-from factorjax.factorizations import _operator
+from factorjax.factorizations import _cost
 from factorjax.factorizations.tucker import Tucker, resolve_ranks
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -160,7 +160,7 @@ def test_every_candidate_equals_dense_matmul(rng, lead):
             jitted = jax.jit(lambda m, x, n=cand.order.name: m.apply(x, order=n))
             assert_within(jitted(t, x), ref, bound)
     plan = t.plan(batch)
-    best = min((c.order for c in cands), key=_operator._score)
+    best = min((c.order for c in cands), key=_cost.score)
     assert plan.order == best.name and plan.flops == best.flops
     xs = x.reshape(-1, d_in)
     assert_within(t(xs[0]), ref.reshape(-1, d_out)[0], bound.reshape(-1, d_out)[0])

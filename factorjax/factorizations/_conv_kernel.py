@@ -39,8 +39,8 @@ from jax import Array, lax
 from jaxtyping import PRNGKeyArray
 
 from factorjax._checks import as_real_array, check_positive_int, describe
+from factorjax.factorizations._cost import Candidate, Order, Plan, choose, score
 from factorjax.factorizations._init import target_variance
-from factorjax.factorizations._operator import Candidate, Order, Plan, _score, choose
 from factorjax.factorizations.cp import CP
 from factorjax.factorizations.tensor_train import TensorTrain, _chain_order
 from factorjax.factorizations.tucker import Tucker, resolve_ranks
@@ -438,7 +438,7 @@ def conv_plan(
     shape = _batched_shape(input_shape, c_in, len(ks), "input_shape")
     cands = conv_candidates(weight, shape, stride, padding, dilation)
     chosen = choose(cands, order).order
-    ranked = tuple(sorted((c.order for c in cands), key=_score))
+    ranked = tuple(sorted((c.order for c in cands), key=score))
     return Plan(chosen.name, chosen.flops, chosen.peak_bytes, shape[0], ranked)
 
 

@@ -16,23 +16,28 @@ Example:
 """
 
 import abc
-import contextlib
-import contextvars
 import functools
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import opt_einsum
 from jax import Array
 from jax.typing import ArrayLike
 
 from factorjax._checks import as_real_array, describe
 from factorjax.factorizations._base import AbstractFactorization
+from factorjax.factorizations._cost import (
+    Candidate,
+    Order,
+    Plan,
+    choose,
+    gemm_flops,
+    score,
+)
+from factorjax.factorizations._tune import autotune, autotuning, tuned_plan
 
 __all__ = [
     "AbstractOperator",
@@ -48,115 +53,6 @@ __all__ = [
     "network_candidates",
     "sequential_path",
 ]
-
-
-class Order(NamedTuple):
-    """One way of applying an operator to a batch, and its cost.
-
-    Fields:
-        name: the order's name (``"dense"``, ``"left-to-right"``, ...), as `apply` accepts it.
-        flops: floating-point operations (a multiply-add counts 2) for the whole batch.
-        peak_bytes: bytes of the largest intermediate it holds (the dense ``W`` for
-            ``"dense"``, the input and output excluded).
-        gemm_flops: the part of ``flops`` done by plain products of two matrices (the
-            ``(B, d_in) x (d_in, d_out)`` product of ``"dense"``, the product with a
-            Khatri-Rao matrix or a merged Tucker core, those of low-rank factors), which run
-            at a higher rate than chains of small contractions (see `CHAIN_PENALTY`).
-        traffic_bytes: bytes of all the intermediates it writes (and reads back); 0 where
-            an order does not count them: its ``peak_bytes`` stands in.
-    """
-
-    name: str
-    flops: int
-    peak_bytes: int
-    gemm_flops: int = 0
-    traffic_bytes: int = 0
-
-
-class Candidate(NamedTuple):
-    """An `Order` with the function that computes it: ``fn(x)`` maps ``(B, d_in)`` to
-    ``(B, d_out)``."""
-
-    order: Order
-    fn: Callable[[Array], Array]
-
-
-class Plan(NamedTuple):
-    """The order `AbstractOperator.plan` chose, its cost, and every candidate it weighed.
-
-    Fields:
-        order, flops, peak_bytes: the chosen order and its cost.
-        batch: the batch size it was planned for.
-        candidates: every candidate `Order`, cheapest first (fastest first when measured).
-        seconds: for a measured plan (`AbstractOperator.tune`), the time of each candidate,
-            aligned with ``candidates`` (``inf`` for those it did not time: scored by the cost
-            model above 16 times its cheapest); ``None`` for a modelled one.
-    """
-
-    order: str
-    flops: int
-    peak_bytes: int
-    batch: int
-    candidates: tuple[Order, ...]
-    seconds: tuple[float, ...] | None = None
-
-    def table(self) -> str:
-        """The candidates as a text table (FLOPs, peak intermediate, relative cost; and the
-        measured time of a tuned plan)."""
-        best = max(1, self.flops)
-        timed = self.seconds is not None
-        rows = [
-            f"{'order':<20} {'GFLOP':>10} {'peak MB':>10} {'x chosen':>9}"
-            + (f" {'ms':>9}" if timed else "")
-        ]
-        for k, o in enumerate(self.candidates):
-            mark = " *" if o.name == self.order else ""
-            ms = f" {self.seconds[k] * 1e3:9.3f}" if timed else ""
-            rows.append(
-                f"{o.name:<20} {o.flops / 1e9:10.4f} {o.peak_bytes / 2**20:10.3f} "
-                f"{o.flops / best:9.2f}{ms}{mark}"
-            )
-        return "\n".join(rows)
-
-
-# The cost model: time ~ FLOPs at the rate of the kind of work, plus memory traffic. A chain
-# of small contractions (einsum paths, mode products, the reconstruction of W inside "dense")
-# runs at a lower FLOP rate than a plain product of two matrices: it reshapes and
-# transposes between steps and its operands are small, so its FLOPs count CHAIN_PENALTY times.
-# Every byte of an order's intermediates is written, transposed and read back (twice more
-# under a gradient), and counts as BYTE_COST FLOPs. Fitted on the grid of
-# benchmarks/layers.py on a 2-core CPU (run 5 in docs/benchmarks.md, with
-# benchmarks/fit_cost_model.py): the order picked was within 10% of the fastest at 75 of 81
-# points, against 69 with the earlier model (chains at 4x, the largest intermediate alone at
-# 256 FLOPs a byte, no matmul but dense's counted as one).
-CHAIN_PENALTY = 6.0
-BYTE_COST = 128.0
-
-
-def _score(
-    order: Order, chain_penalty: float | None = None, byte_cost: float | None = None
-) -> tuple[float, int]:
-    """The cost model's score of ``order`` (lower is better), then its peak for ties; the
-    constants default to `CHAIN_PENALTY` and `BYTE_COST`."""
-    chain_penalty = CHAIN_PENALTY if chain_penalty is None else chain_penalty
-    byte_cost = BYTE_COST if byte_cost is None else byte_cost
-    chain = order.flops - order.gemm_flops
-    moved = order.traffic_bytes or order.peak_bytes
-    return (chain * chain_penalty + order.gemm_flops + byte_cost * moved, order.peak_bytes)
-
-
-def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:
-    """The candidate named ``order``, or with ``order="auto"`` the cheapest under the cost
-    model: FLOPs (those of chains of small contractions weighted by `CHAIN_PENALTY` against
-    those of plain matmuls) plus `BYTE_COST` per byte of its intermediates; ties go to the
-    smaller peak."""
-    names = tuple(c.order.name for c in candidates)
-    if order == "auto":
-        return min(candidates, key=lambda c: _score(c.order))
-    if not isinstance(order, str) or order not in names:
-        allowed = ", ".join(repr(n) for n in ("auto", "tuned", *names))
-        raise ValueError(f"`order` must be one of {allowed}; got {order!r}.")
-    return candidates[names.index(order)]
 
 
 class AbstractOperator(AbstractFactorization):
@@ -202,7 +98,7 @@ class AbstractOperator(AbstractFactorization):
             return self.tune(batch)
         cands = self.candidates(batch)
         chosen = choose(cands, order).order
-        ranked = tuple(sorted((c.order for c in cands), key=_score))
+        ranked = tuple(sorted((c.order for c in cands), key=score))
         return Plan(chosen.name, chosen.flops, chosen.peak_bytes, batch, ranked)
 
     def tune(self, batch: Any, *, grad: bool = True) -> Plan:
@@ -222,19 +118,7 @@ class AbstractOperator(AbstractFactorization):
             grad: time the forward and backward pass (the gradient with respect to the
                 factors, as in training; default) instead of the forward pass alone.
         """
-        batch = _check_batch(batch)
-        leaves, treedef = jax.tree.flatten(self)
-        key = (
-            type(self),
-            treedef,
-            tuple((np.shape(leaf), jnp.result_type(leaf).name) for leaf in leaves),
-            batch,
-            bool(grad),
-            jax.default_backend(),
-        )
-        if key not in _TUNED:
-            _TUNED[key] = _measure(self, batch, bool(grad))
-        return _TUNED[key]
+        return tuned_plan(self, _check_batch(batch), bool(grad))
 
     def apply(self, x: ArrayLike, *, order: Any = "auto") -> Array:
         """``x W^T`` for ``x`` of shape ``(..., d_in)``: every leading axis is batch.
@@ -256,7 +140,7 @@ class AbstractOperator(AbstractFactorization):
             )
         lead = x.shape[:-1]
         batch = max(math.prod(lead), 1)
-        if order == "tuned" or (order == "auto" and _AUTOTUNE.get()):
+        if order == "tuned" or (order == "auto" and autotuning()):
             order = self.tune(batch).order
         xb = x.reshape(batch, self.in_features)
         y = choose(self.candidates(batch), order).fn(xb.astype(self.dtype))
@@ -419,125 +303,13 @@ def network_candidates(
 
         peak = max(info.size_list[:-1], default=0) * item
         traffic = sum(info.size_list[:-1]) * item
-        gemm = _gemm_flops(info) if name in runners else 0
+        gemm = gemm_flops(info) if name in runners else 0
         order = Order(name, int(info.opt_cost), int(peak), gemm, int(traffic))
         out.append(Candidate(order, runners.get(name, fn)))
     return tuple(out)
-
-
-def _gemm_flops(info: Any) -> int:
-    """The FLOPs of the steps of an opt_einsum path that are products of matrices no side of
-    which is below `GEMM_MIN_DIM` (rows, columns and the contracted length, batch axes
-    aside): they run at the rate of a plain matmul."""
-    total = 0
-    for _, _, step, _, _ in info.contraction_list:
-        inputs, output = step.split("->")
-        terms = inputs.split(",")
-        if len(terms) != 2:
-            continue
-        a, b = set(terms[0]), set(terms[1])
-        size = lambda labels: math.prod(info.size_dict[c] for c in labels)  # noqa: E731
-        m, n, k = size(a - b), size(b - a), size((a & b) - set(output))
-        if min(m, n, k) >= GEMM_MIN_DIM:
-            total += 2 * m * n * k * size(a & b & set(output))
-    return total
-
-
-# The smallest side (rows, columns, contracted length) at which a step of a path run as matmuls
-# (`left_matmul`, the TT-matrix sweeps) counts at the matmul rate. Fitted with CHAIN_PENALTY and
-# BYTE_COST on the grid of benchmarks/layers.py (run 8 in docs/benchmarks.md): 32 or 16 put the
-# pick within 10% of the fastest at 75 of 81 points, against 74 with every such step a chain.
-GEMM_MIN_DIM = 32
-
-
-# -- measured plans ---------------------------------------------------------------------------
-
-_TUNED: dict = {}
-_AUTOTUNE: contextvars.ContextVar[bool] = contextvars.ContextVar("autotune", default=False)
-# A timed block of calls lasts at least this long; the best of this many blocks counts.
-_MIN_BLOCK_S = 0.05
-_ROUNDS = 5
-# Candidates the cost model scores above this many times its cheapest are not timed. In the
-# layers benchmark such orders (token-by-token chains at large batch) ran 40x slower than the
-# best, and at d=4096, r=64, B=4096 each held 4 GB; the model's worst miss was 3.3x.
-_UNTIMED_ABOVE = 16.0
-
-
-@contextlib.contextmanager
-def autotune(enabled: bool = True):
-    """Within this context, ``apply(x)`` (``order="auto"``), and so every layer over an
-    operator, takes the order that `AbstractOperator.tune` measured fastest for the batch
-    size, instead of the cost model's choice. It acts when a function is traced: wrap the
-    first call of a jitted step (its compilation), not later calls.
-
-    Example:
-        >>> with autotune():                    # doctest: +SKIP
-        ...     loss, grads = step(params, batch)   # traced here: orders are measured
-    """
-    token = _AUTOTUNE.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _AUTOTUNE.reset(token)
 
 
 def _check_batch(batch: Any) -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"`batch` must be an int >= 1; got {batch!r}.")
     return batch
-
-
-def _output_and_grad(w: AbstractOperator, x: Array, g: Array, order: str):
-    """``y = w.apply(x)`` and the gradient of ``sum(g * y)`` with respect to ``w`` (the
-    gradient alone would let XLA skip the forward product of some orders)."""
-    y, vjp = jax.vjp(lambda w: w.apply(x, order=order), w)
-    return y, vjp(g)[0]
-
-
-def _measure(op: AbstractOperator, batch: int, grad: bool) -> Plan:
-    """Time every candidate of ``op`` for ``batch`` inputs on random data of its shapes. It
-    runs eagerly even while a caller is being traced (``ensure_compile_time_eval``), so the
-    operator's arrays may be tracers: only their shapes are used."""
-    rng = np.random.default_rng(0)
-
-    def rand(shape, dtype):
-        return jnp.asarray(rng.standard_normal(shape), dtype)
-
-    leaves, treedef = jax.tree.flatten(op)
-    with jax.ensure_compile_time_eval():
-        twin = jax.tree.unflatten(
-            treedef, [rand(np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
-        )
-        x = rand((batch, op.in_features), op.dtype)
-        g = rand((batch, op.out_features), op.dtype)
-        orders = sorted((c.order for c in op.candidates(batch)), key=_score)
-        cheapest = _score(orders[0])[0]
-        fns = {}
-        for o in orders:
-            if _score(o)[0] > _UNTIMED_ABOVE * cheapest:
-                continue
-            if grad:  # the output and the gradient, as a training step needs both
-                f = jax.jit(lambda w, x, g, n=o.name: _output_and_grad(w, x, g, n))
-            else:
-                f = jax.jit(lambda w, x, g, n=o.name: w.apply(x, order=n))
-            jax.block_until_ready(f(twin, x, g))  # compile outside the timing
-            fns[o.name] = f
-        # Interleaved rounds, the order reversed every other round; the first round only
-        # warms up (measured: right after compilation, calls run up to 1.7x slower).
-        best = dict.fromkeys((o.name for o in orders), math.inf)
-        for k in range(_ROUNDS + 1):
-            for name, f in list(fns.items())[:: 1 if k % 2 else -1]:
-                calls, t0 = 0, time.perf_counter()
-                while True:
-                    jax.block_until_ready(f(twin, x, g))
-                    calls += 1
-                    elapsed = time.perf_counter() - t0
-                    if elapsed >= _MIN_BLOCK_S:
-                        break
-                if k:
-                    best[name] = min(best[name], elapsed / calls)
-    ranked = tuple(sorted(orders, key=lambda o: best[o.name]))
-    top = ranked[0]
-    return Plan(
-        top.name, top.flops, top.peak_bytes, batch, ranked, tuple(best[o.name] for o in ranked)
-    )

@@ -145,6 +145,18 @@ def run_chain(y: Array, mats, axes, order, contract: int) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
+def kron(mats) -> Array:
+    """The Kronecker product of matrices ``(n_k, r_k)``: ``(prod n_k, prod r_k)``, row-major
+    like the modes."""
+    return functools.reduce(jnp.kron, mats)
+
+
+def kron_flops(mats) -> int:
+    """Multiplications of `kron`, left to right (each entry of a partial product is one)."""
+    sizes = [m.shape[0] * m.shape[1] for m in mats]
+    return sum(math.prod(sizes[:k]) for k in range(2, len(sizes) + 1))
+
+
 def _tail_rank(s: np.ndarray, budget: float) -> int:
     """The smallest r >= 1 whose discarded squared singular values sum to at most ``budget``."""
     tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
@@ -497,13 +509,6 @@ class Tucker(AbstractTensorOperator):
             c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
             return matmul_t(project(x), c)
 
-        def kron(mats):  # (prod n_k, prod r_k), row-major like the modes
-            return functools.reduce(jnp.kron, mats)
-
-        def kron_flops(mats):
-            sizes = [m.shape[0] * m.shape[1] for m in mats]
-            return sum(math.prod(sizes[:k]) for k in range(2, len(sizes) + 1))
-
         if S <= T:  # W = kron(out factors) (d_out, S) @ core merged with the inputs (S, d_in)
             lr_chain, lr_sizes, lr_inner = cin_f + kron_flops(f_out), [*cin_s, d_out * S], S
 
@@ -519,7 +524,7 @@ class Tucker(AbstractTensorOperator):
                 return matmul_t(x @ kron(f_in), c)
 
         def order(name, chain_flops, gemm_flops, sizes):
-            # the one plain matmul (`matmul_t`) of each order counts as such in the model
+            # the plain matmuls (`matmul_t`) of each order count as such in the model
             flops, peak, traffic = chain_flops + gemm_flops, max(sizes), sum(sizes)
             return Order(name, flops, peak * itemsize, gemm_flops, traffic * itemsize)
 
