@@ -1,9 +1,9 @@
 """Timing helpers shared by the benchmark scripts.
 
 - `time_rounds`: the best time of each implementation over interleaved rounds (the order reversed
-  every other round), with a pause where one library's block follows another's: BLAS worker
-  threads spin for up to 0.2 s after a call and would steal a core from the next one. Untimed
-  calls warm each implementation up before its block (`WARM_S` after a pause).
+  every other round), with a pause before each timed block: BLAS worker threads spin for up to
+  0.2 s after a call and would steal a core from the next one. After the pause, untimed calls
+  warm the implementation up again (`WARM_S`).
 - `OtherLoad`: how many cores other processes kept busy while a part ran, so that a reader can
   tell a quiet measurement from a loaded one.
 - `machine`: what the numbers were measured on.
@@ -22,10 +22,10 @@ PAUSE_S = 0.3
 # idle pause, chains of small XLA kernels run up to 2x slower, for 100 to 250 ms (CP d=256,
 # r=16, B=1, einsum-optimal: 0.075 ms a call in the first 100 ms, 0.041 ms from then on;
 # Tucker d=256, r=16, B=1: 0.155 ms in the first 150 ms, 0.114 ms from then on), while a
-# training loop calls them back to back. Between blocks of one library, with no pause,
-# WARM_BUSY_S of calls warms the caches.
+# training loop calls them back to back. (Pausing only where PyTorch's block and JAX's meet was
+# tried on part of a grid, to save time: it treats the two libraries differently, and TT d=4096
+# r=16 B=64 moved from 0.96x PyTorch to 0.70x. Every block pauses, as before.)
 WARM_S = 0.3
-WARM_BUSY_S = 0.05
 
 
 def _busy_seconds():
@@ -62,28 +62,19 @@ def _ready(out):
     return jax.block_until_ready(out)
 
 
-def time_rounds(fns, rounds, min_block_s=0.0, library=None):
+def time_rounds(fns, rounds, min_block_s=0.0):
     """Best time per call of each ``name: thunk`` over interleaved rounds (the order reversed
     every other round). With ``min_block_s``, a round calls a thunk back to back until the
     block lasts that long and counts the mean per call: calls of a millisecond are otherwise
-    at the mercy of one scheduler hiccup.
-
-    ``library(name)`` names the library an implementation runs on: a block pauses `PAUSE_S`
-    only where the previous block ran on another one (its worker threads may still spin), and
-    warms up `WARM_S` after a pause, `WARM_BUSY_S` otherwise. Without it, every block pauses."""
+    at the mercy of one scheduler hiccup."""
     times = {name: [] for name in fns}
-    previous = object()
     for i in range(rounds):
         for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
-            lib = name if library is None else library(name)
-            warm = WARM_S if lib != previous or library is None else WARM_BUSY_S
-            if warm == WARM_S:
-                time.sleep(PAUSE_S)
-            previous = lib
-            t0 = time.perf_counter()
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()  # warm up again after the pause: see WARM_S
             while True:
                 _ready(fns[name]())
-                if time.perf_counter() - t0 >= warm:
+                if time.perf_counter() - t0 >= WARM_S:
                     break
             calls, t0 = 0, time.perf_counter()
             while True:

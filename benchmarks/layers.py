@@ -38,9 +38,9 @@ Tensorization: ``d`` splits into 3 balanced modes on each side (``balanced_modes
 rank is the TT inner rank, the CP rank, and every Tucker mode rank (clipped to the mode sizes).
 float32 throughout. Ratios compare times measured in the same round (interleaved rounds, best
 of each; a block of back-to-back calls lasting at least 50 ms per implementation and round,
-so that millisecond calls are averaged, after untimed calls that warm it up: since run 10, a
-0.3 s pause only where PyTorch's block and JAX's meet, and 0.3 s of warm-up after it; see
-`_timing.WARM_S`), never absolute times across runs.
+so that millisecond calls are averaged, after a 0.3 s pause and untimed calls that warm it
+up: 50 ms of them in runs 7 to 9, 0.3 s since run 10; see `_timing.WARM_S`), never absolute
+times across runs.
 """
 
 import argparse
@@ -158,10 +158,6 @@ def jax_forward(W, x, order):
     return lambda: f(W, x)
 
 
-def _library(name):
-    return "torch" if name.startswith("tl:") else "jax"
-
-
 def point(fmt, d, r, B, rounds):
     key = jax.random.key(d * 1000 + r * 10 + B)
     W, modes = make_weight(fmt, d, r, key)
@@ -199,7 +195,7 @@ def point(fmt, d, r, B, rounds):
     jax.block_until_ready(fwd_dense(Wd, x))
     fns["fwd:planned"] = fwd_planned
     fns["fwd:dense"] = lambda: fwd_dense(Wd, x)
-    best, _ = time_rounds(fns, rounds, min_block_s=MIN_BLOCK_S, library=_library)
+    best, _ = time_rounds(fns, rounds, min_block_s=MIN_BLOCK_S)
     cand = {o.name: best[f"fj:{o.name}"] for o in plan.candidates if o.name not in untimed}
     planned, tuned_s = cand[plan.order], cand[tuned.order]
     tl_best = min(best["tl:factorized"], best["tl:reconstructed"])
