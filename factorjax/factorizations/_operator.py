@@ -7,6 +7,8 @@ rebuilding ``W`` then one matmul), each with its FLOP count and the size of its 
 intermediate for that ``B``; `AbstractOperator.plan` picks the cheapest, and
 `AbstractOperator.apply` runs it. The batch size is read from the input's shape at trace time,
 so one operator applied to one example and to a batch of 4096 may take different orders.
+The cost model (`Order`, `Plan`, `choose` and its constants) is in ``_cost.py``; the measured
+plans of `AbstractOperator.tune` and `autotune` are in ``_tune.py``.
 
 Example:
     >>> W.plan(4096)                     # doctest: +SKIP
