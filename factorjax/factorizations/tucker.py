@@ -501,27 +501,29 @@ class Tucker(AbstractTensorOperator):
         def factored(x):
             return expand(matmul_t(project(x), g.reshape(S, T)))
 
+        def merged_in():  # the core merged with the input factors, (S, d_in)
+            return run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
+
+        def merged_out():  # the core merged with the output factors, (d_out, T)
+            return run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
+
         def core_input(x):
-            c = run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
-            return expand(matmul_t(x, c))
+            return expand(matmul_t(x, merged_in()))
 
         def core_output(x):
-            c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
-            return matmul_t(project(x), c)
+            return matmul_t(project(x), merged_out())
 
         if S <= T:  # W = kron(out factors) (d_out, S) @ core merged with the inputs (S, d_in)
             lr_chain, lr_sizes, lr_inner = cin_f + kron_flops(f_out), [*cin_s, d_out * S], S
 
             def low_rank(x):
-                c = run_chain(g, f_in, range(p, g.ndim), cin_o, 1).reshape(S, d_in)
-                return matmul_t(matmul_t(x, c), kron(f_out))
+                return matmul_t(matmul_t(x, merged_in()), kron(f_out))
 
         else:  # W = core merged with the outputs (d_out, T) @ kron(in factors)^T (T, d_in)
             lr_chain, lr_sizes, lr_inner = cout_f + kron_flops(f_in), [*cout_s, d_in * T], T
 
             def low_rank(x):
-                c = run_chain(g, f_out, range(p), cout_o, 1).reshape(d_out, T)
-                return matmul_t(x @ kron(f_in), c)
+                return matmul_t(x @ kron(f_in), merged_out())
 
         def order(name, chain_flops, gemm_flops, sizes):
             # the plain matmuls (`matmul_t`) of each order count as such in the model
