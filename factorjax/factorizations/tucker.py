@@ -16,7 +16,6 @@ Example:
     (5, 64)
 """
 
-import functools
 import math
 from typing import Any
 
@@ -25,13 +24,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import opt_einsum
-from jax import Array, lax
+from jax import Array
 from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
-from factorjax import _lapack
-from factorjax._checks import as_real_array, check_positive_int, check_tolerance, describe
+from factorjax._checks import as_real_array, describe
 from factorjax.factorizations._init import small_std
+from factorjax.factorizations._multilinear import (
+    chain_plan,
+    decompose,
+    hooi,
+    kron,
+    kron_flops,
+    orthonormalize,
+    resolve_ranks,
+    run_chain,
+)
 from factorjax.factorizations._operator import (
     Candidate,
     Order,
@@ -47,215 +55,6 @@ from factorjax.factorizations._tensor_operator import (
 )
 
 __all__ = ["Tucker"]
-
-# ---------------------------------------------------------------------------------------------
-# Ranks, mode products and their order
-# ---------------------------------------------------------------------------------------------
-
-
-def _clip_to_others(ranks: list[int]) -> tuple[int, ...]:
-    changed = True
-    while changed:
-        changed = False
-        for k, r in enumerate(ranks):
-            others = math.prod(ranks) // r
-            if r > others:
-                ranks[k], changed = others, True
-    return tuple(ranks)
-
-
-def resolve_ranks(rank: Any, caps: tuple[int, ...], what: str = "size") -> tuple[int, ...]:
-    """The multilinear rank asked for.
-
-    ``None``: ``caps``; an int: a cap on every mode; both clipped so that
-    ``r_k <= prod_{j != k} r_j``. A tuple is taken as is and validated: ``1 <= r_k <= caps[k]``
-    and ``r_k <= prod_{j != k} r_j``.
-    """
-    d = len(caps)
-    if rank is None:
-        return _clip_to_others(list(caps))
-    if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
-        rank = check_positive_int("rank", rank)
-        return _clip_to_others([min(rank, c) for c in caps])
-    if not hasattr(rank, "__iter__"):
-        raise TypeError(
-            f"`rank` must be None, an int or a tuple of {d} ints; got {describe(rank)}."
-        )
-    rank = tuple(rank)
-    if len(rank) != d:
-        raise ValueError(f"`rank` must have one entry per mode ({d}); got {rank!r}.")
-    ranks = tuple(check_positive_int(f"rank[{k}]", r) for k, r in enumerate(rank))
-    for k, (r, c) in enumerate(zip(ranks, caps, strict=True)):
-        if r > c:
-            raise ValueError(
-                f"`rank[{k}]` must be an int in [1, {c}] (the {what} of mode {k}); got {r}."
-            )
-        others = math.prod(ranks) // r
-        if r > others:
-            raise ValueError(
-                f"`rank[{k}]` = {r} exceeds {others}, the product of the other ranks: a core "
-                f"with that rank on mode {k} has mode-{k} rank at most {others}; got rank={ranks}."
-            )
-    return ranks
-
-
-def mode_product(y: Array, axis: int, mat: Array, contract: int) -> Array:
-    """Replace axis ``axis`` of ``y`` by the other axis of ``mat``, contracting ``mat``'s axis
-    ``contract`` with it (``contract=1``: ``y ×_axis mat``; ``0``: ``y ×_axis mat^T``)."""
-    labels = list(range(y.ndim))
-    out = [*labels]
-    out[axis] = y.ndim
-    m = [axis, y.ndim] if contract == 0 else [y.ndim, axis]
-    return jnp.einsum(y, labels, mat, m, out)
-
-
-def chain_plan(src, dst, fixed: int) -> tuple[tuple[int, ...], int, list[int]]:
-    """The order of mode products turning axis sizes ``src`` into ``dst`` (beside ``fixed``
-    untouched entries) with the fewest FLOPs (exact, by dynamic programming over subsets).
-
-    Returns:
-        ``(order, flops, sizes)``: the modes in turn, the FLOPs, and the size of each result.
-    """
-    n = len(src)
-    best: dict[int, tuple[int, tuple[int, ...]]] = {0: (0, ())}
-    for mask in sorted(range(1 << n), key=lambda m: bin(m).count("1")):
-        flops, order = best[mask]
-        size = fixed * math.prod(dst[j] if mask >> j & 1 else src[j] for j in range(n))
-        for j in range(n):
-            if not mask >> j & 1:
-                new, cand = mask | 1 << j, (flops + 2 * size * dst[j], (*order, j))
-                if new not in best or cand[0] < best[new][0]:
-                    best[new] = cand
-    flops, order = best[(1 << n) - 1]
-    cur, sizes = list(src), []
-    for j in order:
-        cur[j] = dst[j]
-        sizes.append(fixed * math.prod(cur))
-    return order, flops, sizes
-
-
-def run_chain(y: Array, mats, axes, order, contract: int) -> Array:
-    for j in order:
-        y = mode_product(y, axes[j], mats[j], contract)
-    return y
-
-
-# ---------------------------------------------------------------------------------------------
-# ST-HOSVD and HOOI
-# ---------------------------------------------------------------------------------------------
-
-
-def kron(mats) -> Array:
-    """The Kronecker product of matrices ``(n_k, r_k)``: ``(prod n_k, prod r_k)``, row-major
-    like the modes."""
-    return functools.reduce(jnp.kron, mats)
-
-
-def kron_flops(mats) -> int:
-    """Multiplications of `kron`, left to right (each entry of a partial product is one)."""
-    sizes = [m.shape[0] * m.shape[1] for m in mats]
-    return sum(math.prod(sizes[:k]) for k in range(2, len(sizes) + 1))
-
-
-def _tail_rank(s: np.ndarray, budget: float) -> int:
-    """The smallest r >= 1 whose discarded squared singular values sum to at most ``budget``."""
-    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
-    return int(max(1, np.nonzero(tail <= budget)[0][0]))
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _unfold_svd(core: Array, k: int) -> tuple[Array, Array, Array]:
-    return _lapack.svd(jnp.moveaxis(core, k, 0).reshape(core.shape[k], -1), full_matrices=False)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _truncate_mode(core: Array, k: int, r: int, usv) -> tuple[Array, Array]:
-    """The leading ``r`` left singular vectors of mode ``k``, and the core projected on them
-    (``S_r V_r^T`` folded back: no product with ``U``)."""
-    u, s, vh = usv
-    rest = core.shape[:k] + core.shape[k + 1 :]
-    return u[:, :r], jnp.moveaxis((s[:r, None] * vh[:r]).reshape(r, *rest), 0, k)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _st_hosvd_ranks(a: Array, ranks: tuple[int, ...]) -> tuple[Array, list[Array]]:
-    core, factors = a, []
-    for k, r in enumerate(ranks):
-        u, core = _truncate_mode(core, k, r, _unfold_svd(core, k))
-        factors.append(u)
-    return core, factors
-
-
-def st_hosvd(a: Array, ranks=None, rtol: float | None = None) -> tuple[Array, list[Array]]:
-    """Sequentially truncated HOSVD (Vannieuwenhoven, Vandebril and Meerbergen 2012), modes
-    in order. With ``rtol``, each mode discards at most ``rtol^2 ||a||^2 / d`` of squared
-    singular values, so ``||a - T||_F^2 = sum of all discarded <= rtol^2 ||a||^2``."""
-    if rtol is None:
-        return _st_hosvd_ranks(a, tuple(ranks))
-    if isinstance(a, jax.core.Tracer):
-        raise ValueError(
-            "`rtol` chooses the ranks from the singular values, and the ranks set the shapes "
-            "of the core and factors, so it needs concrete values; under `jax.jit` pass "
-            "`rank=` instead."
-        )
-    budget = rtol**2 * float(np.sum(np.asarray(a, np.float64) ** 2)) / a.ndim
-    core, factors = a, []
-    for k in range(a.ndim):
-        usv = _unfold_svd(core, k)
-        r = _tail_rank(np.asarray(usv[1], np.float64), budget)
-        u, core = _truncate_mode(core, k, r, usv)
-        factors.append(u)
-    return core, factors
-
-
-def _decompose(t: Array, rank: Any, rtol: Any, caps, what: str):
-    """ST-HOSVD of ``t`` to ``rank`` or ``rtol`` (at most one); ranks valid for a Tucker."""
-    if rank is not None and rtol is not None:
-        raise ValueError(f"pass at most one of `rank` and `rtol`; got rank={rank}, rtol={rtol}.")
-    if rtol is None:
-        return st_hosvd(t, resolve_ranks(rank, caps, what))
-    core, factors = st_hosvd(t, rtol=check_tolerance("rtol", rtol))
-    ranks = _clip_to_others(list(core.shape))
-    if ranks != core.shape:
-        # r_k > prod of the others: the core's mode-k unfolding has rank <= that product, so
-        # re-truncating the core to it discards only zero singular values.
-        sub, us = st_hosvd(core, ranks)
-        core, factors = sub, [f @ u for f, u in zip(factors, us, strict=True)]
-    return core, factors
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def hooi(a: Array, factors, n_iter: int) -> tuple[Array, tuple[Array, ...]]:
-    """``n_iter`` sweeps of higher-order orthogonal iteration from orthonormal factors; each
-    update maximizes the core's norm given the other factors, so the error never grows."""
-    d, shape = a.ndim, a.shape
-    ranks = [f.shape[1] for f in factors]
-
-    def sweep(_, fs):
-        fs = list(fs)
-        for k in range(d):
-            others = [j for j in range(d) if j != k]
-            order, _, _ = chain_plan(
-                [shape[j] for j in others], [ranks[j] for j in others], shape[k]
-            )
-            y = run_chain(a, [fs[j] for j in others], others, order, 0)
-            u, _, _ = _lapack.svd(jnp.moveaxis(y, k, 0).reshape(shape[k], -1), full_matrices=False)
-            fs[k] = u[:, : ranks[k]]
-        return tuple(fs)
-
-    factors = lax.fori_loop(0, n_iter, sweep, tuple(factors))
-    order, _, _ = chain_plan(shape, ranks, 1)
-    return run_chain(a, factors, range(d), order, 0), factors
-
-
-@jax.jit
-def _orthonormalize(core: Array, factors) -> tuple[tuple[Array, ...], Array]:
-    """``A_k = Q_k R_k`` and ``G ×_1 R_1 ... ×_d R_d``: the same tensor, orthonormal factors."""
-    qs, rs = zip(*(_lapack.qr(f) for f in factors), strict=True)
-    for k, r in enumerate(rs):
-        core = mode_product(core, k, r, 1)
-    return qs, core
-
 
 # ---------------------------------------------------------------------------------------------
 # The format
@@ -385,7 +184,7 @@ class Tucker(AbstractTensorOperator):
         n_out = check_n_out(n_out, a.ndim)
         if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
             raise ValueError(f"`n_iter` must be an int >= 0; got {n_iter!r}.")
-        core, factors = _decompose(a, rank, rtol, a.shape, "size")
+        core, factors = decompose(a, rank, rtol, a.shape, "size")
         if n_iter:
             core, factors = hooi(a, factors, int(n_iter))
         return cls(core, tuple(factors), n_out)
@@ -454,8 +253,8 @@ class Tucker(AbstractTensorOperator):
         """
         if rank is None and rtol is None:
             raise ValueError("pass `rank` or `rtol` to truncate to.")
-        qs, g = _orthonormalize(self.core, self.factors)
-        core, us = _decompose(g, rank, rtol, self.ranks, "current rank")
+        qs, g = orthonormalize(self.core, self.factors)
+        core, us = decompose(g, rank, rtol, self.ranks, "current rank")
         return Tucker(core, tuple(q @ u for q, u in zip(qs, us, strict=True)), self.n_out)
 
     # -- application --------------------------------------------------------------------------

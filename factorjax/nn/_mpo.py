@@ -10,10 +10,9 @@ one ``lax.scan``; the gradient of ``C`` is the sum of its gradients through ever
 then alternating least squares).
 """
 
-import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -26,10 +25,11 @@ from factorjax import _lapack
 from factorjax._checks import as_real_array, check_choice, check_positive_int, describe
 from factorjax.factorizations._init import target_variance
 from factorjax.factorizations._tensorize import factor_std
-from factorjax.factorizations.tensor_train import _resolve_ranks, _tt_svd_fixed
-from factorjax.factorizations.tt_matrix import TTMatrix, _interleave, _resolve_modes
+from factorjax.factorizations.tensor_train import _resolve_ranks
+from factorjax.factorizations.tt_matrix import TTMatrix, _resolve_modes
+from factorjax.nn._mpo_fit import SharedMPOReport, fit_cores, insert_center
 
-__all__ = ["SharedMPOReport", "SharedMPOStack", "fit_shared_mpo"]
+__all__ = ["SharedMPOReport", "SharedMPOStack"]
 
 INITS = ("glorot", "he", "lecun", "std")
 
@@ -63,12 +63,7 @@ def check_activation(activation: Any) -> Callable | None:
 
 def layer_cores(shared: Array, aux: Sequence[Array], center: int, layer: Any) -> tuple:
     """The ``d`` cores of one layer: its auxiliary cores with the shared core at ``center``."""
-    cores = [a[layer] for a in aux]
-    return (*cores[:center], shared, *cores[center:])
-
-
-def _insert(aux_l: Sequence[Array], shared: Array, center: int) -> tuple:
-    return (*aux_l[:center], shared, *aux_l[center:])
+    return insert_center([a[layer] for a in aux], shared, center)
 
 
 def forward(shared, aux, bias, x, *, center: int, activation, order: str) -> Array:
@@ -77,7 +72,7 @@ def forward(shared, aux, bias, x, *, center: int, activation, order: str) -> Arr
 
     def layer(h, params):
         aux_l, b_l = params
-        y = TTMatrix(_insert(aux_l, shared, center)).apply(h, order=order)
+        y = TTMatrix(insert_center(aux_l, shared, center)).apply(h, order=order)
         return y if b_l is None else y + b_l
 
     num_layers = aux[0].shape[0]
@@ -265,15 +260,55 @@ class SharedMPOStack(eqx.Module):
         return self
 
     @classmethod
-    def from_dense(cls, weights: Any, rank: Any, **kwargs) -> tuple["SharedMPOStack", Any]:
-        """Fit a stack to ``L`` dense weights ``(L, d_out, d_in)``: see `fit_shared_mpo` (its
-        keyword arguments: ``biases``, the tensorization, ``center``, ``sweeps``,
-        ``activation``, ``order``).
+    def from_dense(
+        cls,
+        weights: Any,
+        rank: Any,
+        *,
+        biases: Any = None,
+        out_modes: Any = None,
+        in_modes: Any = None,
+        tensor_order: Any = None,
+        center: Any = None,
+        sweeps: Any = 10,
+        activation: Any = None,
+        order: Any = "auto",
+    ) -> tuple["SharedMPOStack", SharedMPOReport]:
+        """A stack sharing one central core fitted to ``L`` dense weights (least squares:
+        gauge-aligned TT-SVDs, then ``sweeps`` sweeps of alternating least squares; the
+        algorithm is `factorjax.nn._mpo_fit.fit_cores`'s).
+
+        Arguments:
+            weights: real ``(L, d_out, d_in)``; ``d_in == d_out`` when ``L > 1``.
+            rank: an int cap on every inner TT rank (clipped) or the tuple of the inner ranks.
+            biases: ``None`` (no biases) or ``(L, d_out)``.
+            out_modes, in_modes, tensor_order, center: the layout, as in `SharedMPOStack`.
+            sweeps: the number of ALS sweeps (an int >= 0).
+            activation, order: as in `SharedMPOStack`.
 
         Returns:
             ``(stack, report)``: the `SharedMPOStack` and a `SharedMPOReport`.
+
+        Example:
+            >>> w = jax.random.normal(jax.random.key(0), (4, 64, 64)) / 8
+            >>> stack, report = SharedMPOStack.from_dense(w, 8)
+            >>> report.errors.shape, stack.num_layers
+            ((4,), 4)
         """
-        return fit_shared_mpo(cls, weights, rank, **kwargs)
+        w = as_real_array("weights", weights)
+        if w.ndim != 3:
+            raise ValueError(f"`weights` must be a stack (L, d_out, d_in); got {describe(w)}.")
+        num_layers, d_out, d_in = w.shape
+        _check_chain(num_layers, d_in, d_out)
+        out_modes, in_modes, center, ranks = check_layout(
+            d_out, d_in, out_modes, in_modes, tensor_order, center, rank
+        )
+        if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or sweeps < 0:
+            raise ValueError(f"`sweeps` must be an int >= 0; got {sweeps!r}.")
+        shared, aux, report = fit_cores(w, out_modes, in_modes, center, ranks, int(sweeps))
+        stack = cls.from_cores(shared, aux, biases, center=center, activation=activation,
+                               order=order)  # fmt: skip
+        return stack, report
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -287,7 +322,7 @@ class SharedMPOStack(eqx.Module):
 
     def to_dense(self) -> Float[Array, "L out_features in_features"]:
         """Every layer's dense weight, ``(L, d_out, d_in)``."""
-        return jax.vmap(lambda a: TTMatrix(_insert(a, self.shared, self.center)).to_matrix())(
+        return jax.vmap(lambda a: TTMatrix(insert_center(a, self.shared, self.center)).to_matrix())(
             self.aux
         )
 
@@ -361,210 +396,3 @@ def _fill(self, shared, aux, bias, center, activation, order):
         ("order", order),
     ):  # fmt: skip
         object.__setattr__(self, name, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fitting a stack to dense weights
-# ---------------------------------------------------------------------------------------------
-
-
-class SharedMPOReport(NamedTuple):
-    """How `SharedMPOStack.from_dense` fitted the weights (relative Frobenius errors).
-
-    Fields:
-        errors: ``||W_l - W'_l||_F / ||W_l||_F`` of every layer, ``(L,)``.
-        history: the error of the whole stack ``||W - W'||_F / ||W||_F`` after the gauge
-            alignment (entry 0) and after each sweep, ``(sweeps + 1,)``; non-increasing in
-            exact arithmetic (every step solves a least-squares problem exactly).
-        unshared_errors: the errors of each layer's own TT-SVD at the same ranks, ``(L,)``.
-            TT-SVD is within ``sqrt(d - 1)`` of the best TT of those ranks (Oseledets 2011,
-            Cor. 2.4) and sharing only adds constraints, so ``errors_l >= unshared_errors_l /
-            sqrt(d - 1)``.
-    """
-
-    errors: Float[Array, " L"]
-    history: Float[Array, " sweeps_plus_1"]
-    unshared_errors: Float[Array, " L"]
-
-
-def fit_shared_mpo(
-    cls,
-    weights: Any,
-    rank: Any,
-    *,
-    biases: Any = None,
-    out_modes: Any = None,
-    in_modes: Any = None,
-    tensor_order: Any = None,
-    center: Any = None,
-    sweeps: Any = 10,
-    activation: Any = None,
-    order: Any = "auto",
-) -> tuple[SharedMPOStack, SharedMPOReport]:
-    """A stack sharing one central core fitted to ``L`` dense weights (least squares).
-
-    1. TT-SVD of every layer at the given ranks (its own TT-matrix, in its own gauge).
-    2. The shared core starts as layer 0's TT-SVD core ``c`` with its ``(r_{c-1} o_c i_c,
-       r_c)`` unfolding orthonormalized. Every layer is gauge-aligned to it: find ``X, Q``
-       with ``X C_l = C_0 Q`` (``C_l`` the layer's own centre; ``Q`` is the smallest
-       eigenvector of a ``r_c^2``-sized PSD matrix, ``X`` eliminated), move ``Q`` into the
-       layer's core ``c + 1`` and refit its core ``c - 1`` by least squares (a centre at an end
-       only needs the refit of its neighbour). If the layers truly share a centre ``C`` (each
-       a generic TT of those ranks), ``C_l = P_l C Q_l`` with invertible gauges, so this
-       recovers every layer exactly, to rounding.
-    3. ``sweeps`` sweeps of alternating least squares on ``sum_l ||W_l - W'_l||_F^2``: every
-       auxiliary core of every layer in chain order, its other cores fixed, then the shared
-       core with all auxiliary cores fixed (one stacked least-squares problem over the
-       layers, ``(L r_{c-1} r_c) x (r_{c-1} r_c)``, from per-layer QRs, no normal equations).
-
-    Each step of 3 minimizes the error exactly over its block, so the final error is at most
-    ``report.history[0]``, the error after step 2 (layer 0's centre kept, every layer fitted
-    to it). Its cost is dominated by the alignment, ``O(r_c^6)`` per layer: meant for centre
-    bond ranks up to a few dozen.
-
-    Arguments:
-        weights: real ``(L, d_out, d_in)``; ``d_in == d_out`` when ``L > 1``.
-        rank: an int cap on every inner TT rank (clipped) or the tuple of the inner ranks.
-        biases: ``None`` (no biases) or ``(L, d_out)``.
-        out_modes, in_modes, tensor_order, center: the layout, as in `SharedMPOStack`.
-        sweeps: the number of ALS sweeps (an int >= 0).
-        activation, order: as in `SharedMPOStack`.
-
-    Returns:
-        ``(stack, report)``: the `SharedMPOStack` and a `SharedMPOReport`.
-
-    Example:
-        >>> w = jax.random.normal(jax.random.key(0), (4, 64, 64)) / 8
-        >>> stack, report = SharedMPOStack.from_dense(w, 8)
-        >>> report.errors.shape, stack.num_layers
-        ((4,), 4)
-    """
-    w = as_real_array("weights", weights)
-    if w.ndim != 3:
-        raise ValueError(f"`weights` must be a stack (L, d_out, d_in); got {describe(w)}.")
-    num_layers, d_out, d_in = w.shape
-    _check_chain(num_layers, d_in, d_out)
-    out_modes, in_modes, center, ranks = check_layout(
-        d_out, d_in, out_modes, in_modes, tensor_order, center, rank
-    )
-    if isinstance(sweeps, bool) or not isinstance(sweeps, (int, np.integer)) or sweeps < 0:
-        raise ValueError(f"`sweeps` must be an int >= 0; got {sweeps!r}.")
-    d = len(out_modes)
-    modes = tuple(o * i for o, i in zip(out_modes, in_modes, strict=True))
-    axes = [0, *(1 + ax for ax in _interleave(d))]
-    t = w.reshape(num_layers, *out_modes, *in_modes).transpose(axes).reshape(num_layers, *modes)
-    shared, aux, history, errors, unshared = _fit(t, ranks, center, int(sweeps))
-    shared = shared.reshape(shared.shape[0], out_modes[center], in_modes[center], -1)
-    pos = [k for k in range(d) if k != center]
-    aux = tuple(
-        a.reshape(num_layers, a.shape[1], out_modes[k], in_modes[k], a.shape[-1])
-        for a, k in zip(aux, pos, strict=True)
-    )
-    stack = cls.from_cores(shared, aux, biases, center=center, activation=activation,
-                           order=order)  # fmt: skip
-    return stack, SharedMPOReport(errors, history, unshared)
-
-
-def _left(cores, k: int) -> Array:
-    """Cores ``0 .. k-1`` contracted: ``(n_1 ... n_{k-1}, r_{k-1})`` (row-major)."""
-    m = jnp.ones((1, 1), cores[0].dtype)
-    for g in cores[:k]:
-        m = (m @ g.reshape(g.shape[0], -1)).reshape(-1, g.shape[-1])
-    return m
-
-
-def _right(cores, k: int) -> Array:
-    """Cores ``k+1 .. d`` contracted: ``(r_k, n_{k+1} ... n_d)`` (row-major)."""
-    m = jnp.ones((1, 1), cores[0].dtype)
-    for g in reversed(cores[k + 1 :]):
-        m = (g.reshape(-1, g.shape[-1]) @ m).reshape(g.shape[0], -1)
-    return m
-
-
-def _pinv(a: Array) -> Array:
-    """Moore-Penrose pseudo-inverse from an SVD (singular values below ``max(m, n) eps s_1``
-    are treated as zero)."""
-    u, s, vh = _lapack.svd(a, full_matrices=False)
-    keep = s > s[0] * max(a.shape) * jnp.finfo(a.dtype).eps
-    return (vh.T * jnp.where(keep, 1 / jnp.where(keep, s, 1), 0)) @ u.T
-
-
-def _solve_core(cores, t: Array, k: int) -> Array:
-    """The least-squares core ``k`` given the others: ``L^+ T_(k) R^+``."""
-    left, right = _left(cores, k), _right(cores, k)
-    tk = t.reshape(left.shape[0], t.shape[k], right.shape[1])
-    return jnp.einsum("aN,NnM,Mb->anb", _pinv(left), tk, _pinv(right))
-
-
-def _residual(cores, t: Array) -> Array:
-    return jnp.sum((t - _left(cores, len(cores)).reshape(t.shape)) ** 2)
-
-
-def _align(cores, c0: Array, t: Array, center: int) -> tuple:
-    """One layer's TT-SVD cores moved onto the shared centre ``c0`` (step 2 of
-    `fit_shared_mpo`)."""
-    d, (a, n, b) = len(cores), c0.shape
-    cl, cores = cores[center], list(cores)
-    cores[center] = c0
-    if center < d - 1 and (center == 0 or b >= n * a):  # the right neighbour absorbs all
-        cores[center + 1] = _solve_core(cores, t, center + 1)
-        return tuple(cores)
-    if center < d - 1 and a < n * b:  # Q: C_0 Q has its rows in the row space of C_l
-        _, s, vh = _lapack.svd(cl.reshape(a, n * b), full_matrices=False)
-        v = vh.T * (s > s[0] * n * b * jnp.finfo(s.dtype).eps)  # (n b, a)
-        z = jnp.einsum("anp,nbj->ajpb", c0, v.reshape(n, b, a)).reshape(a * a, b * b)
-        _, vecs = _lapack.eigh(jnp.eye(b * b, dtype=z.dtype) - z.T @ z)
-        q = vecs[:, 0].reshape(b, b)
-        cores[center + 1] = jnp.einsum("pb,bnc->pnc", q, cores[center + 1])
-    cores[center - 1] = _solve_core(cores, t, center - 1)
-    return tuple(cores)
-
-
-def _center_lstsq(aux, shared, t, center: int) -> Array:
-    """The shared core minimizing ``sum_l ||T_l - L_l C R_l||^2``: with ``L_l = U_l R_l`` and
-    ``R_l^T = P_l S_l`` (QRs), the stacked problem ``kron(R_l, S_l) vec C_n = vec(U_l^T T_l
-    P_l)_n``."""
-
-    def blocks(aux_l, t_l):
-        cores = _insert(aux_l, shared, center)
-        u, r = _lapack.qr(_left(cores, center))
-        p, s = _lapack.qr(_right(cores, center).T)
-        proj = jnp.einsum("Na,NnM,Mb->abn", u, t_l.reshape(u.shape[0], -1, p.shape[0]), p)
-        return jnp.kron(r, s), proj.reshape(-1, proj.shape[-1])
-
-    design, rhs = jax.vmap(blocks)(aux, t)
-    a, n, b = shared.shape
-    sol = _pinv(design.reshape(-1, a * b)) @ rhs.reshape(-1, n)
-    return sol.reshape(a, b, n).transpose(0, 2, 1)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _fit(t: Array, ranks: tuple, center: int, sweeps: int):
-    d = t.ndim - 1
-    pos = [k for k in range(d) if k != center]
-    norms = jnp.sum(t.reshape(t.shape[0], -1) ** 2, axis=1)
-    tt = jax.vmap(lambda x: _tt_svd_fixed(x, ranks))(t)
-    unshared = jax.vmap(_residual)(tt, t)
-    a, n, b = tt[center].shape[1:]
-    c0 = _lapack.qr(tt[center][0].reshape(a * n, b))[0].reshape(a, n, b)
-    cores = jax.vmap(lambda cs, x: _align(cs, c0, x, center))(tt, t)
-    aux = tuple(cores[k] for k in pos)
-
-    def per_layer_error(aux, shared):
-        return jax.vmap(lambda al, x: _residual(_insert(al, shared, center), x))(aux, t)
-
-    def sweep(state, _):
-        aux, shared = state
-        for j, k in enumerate(pos):
-            solve = functools.partial(_solve_core, k=k)
-            new = jax.vmap(lambda al, x, solve=solve: solve(_insert(al, shared, center), x))(aux, t)
-            aux = (*aux[:j], new, *aux[j + 1 :])
-        shared = _center_lstsq(aux, shared, t, center)
-        return (aux, shared), jnp.sum(per_layer_error(aux, shared))
-
-    total = jnp.sum(norms)
-    err0 = jnp.sum(per_layer_error(aux, c0))
-    (aux, shared), errs = jax.lax.scan(sweep, (aux, c0), None, length=sweeps)
-    history = jnp.sqrt(jnp.concatenate([err0[None], errs]) / total)
-    errors = jnp.sqrt(per_layer_error(aux, shared) / norms)
-    return shared, aux, history, errors, jnp.sqrt(unshared / norms)
