@@ -21,9 +21,9 @@ def pytest_configure(config):
     the CPU most of its time went to LLVM's optimization passes (measured with all 882 tests:
     577 of 816 s of test time in XLA's backend compile), so it compiles at -O0 (363 of 609 s).
     The arithmetic is the same: the passes keep floating-point semantics (XLA's CPU backend
-    does no fast math). The slow set runs long loops and keeps the default level, as does a run on an
-    accelerator or one whose ``XLA_FLAGS`` set a level. Set here, before the first compile,
-    and inherited by the tests' subprocesses."""
+    does no fast math). The slow set runs long loops and keeps the default level, as does a
+    run on an accelerator or one whose ``XLA_FLAGS`` set a level. Set here, before the first
+    compile, and inherited by the tests' subprocesses."""
     fast_set = config.option.markexpr.replace(" ", "") == "notslow"
     accelerator = importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec(
         "libtpu"
