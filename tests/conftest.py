@@ -3,6 +3,8 @@
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
+import sys
 import zlib
 
 import jax
@@ -16,21 +18,38 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def _xla_knows(flag: str) -> bool:
+    """Whether this jaxlib's XLA accepts ``flag`` (an unknown flag in ``XLA_FLAGS`` aborts the
+    process): a probe in a subprocess, about a second."""
+    env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    return subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0
+
+
 def pytest_configure(config):
-    """The default (fast) set compiles about 9,000 small programs and runs each a few times. On
-    the CPU most of its time went to LLVM's optimization passes (measured with all 882 tests:
-    577 of 816 s of test time in XLA's backend compile), so it compiles at -O0 (363 of 609 s).
-    The arithmetic is the same: the passes keep floating-point semantics (XLA's CPU backend
-    does no fast math). The slow set runs long loops and keeps the default level, as does a
-    run on an accelerator or one whose ``XLA_FLAGS`` set a level. Set here, before the first
-    compile, and inherited by the tests' subprocesses."""
+    """The default (fast) set compiles about 9,000 small programs and runs each a few times,
+    so on the CPU it compiles them the cheap way: LLVM at -O0 and, where jaxlib's XLA still
+    has them (jax 0.10), the older loop emitters in place of the fusion emitters. Measured
+    with all 882 tests on the 2-core CPU: XLA's backend compile took 577 of 816 s of test time
+    at the default settings, 363 of 609 s at -O0. The arithmetic is the same (neither changes
+    floating-point semantics; XLA's CPU backend does no fast math). The slow set runs long
+    loops and keeps the defaults, as does a run on an accelerator or one whose ``XLA_FLAGS``
+    set an optimization level. Set here, before the first compile, and inherited by the xdist
+    workers and the tests' subprocesses."""
     fast_set = config.option.markexpr.replace(" ", "") == "notslow"
     accelerator = importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec(
         "libtpu"
     )
     flags = os.environ.get("XLA_FLAGS", "")
-    if fast_set and not accelerator and "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    if not fast_set or accelerator or "xla_backend_optimization_level" in flags:
+        return
+    cheap = ["--xla_backend_optimization_level=0"]
+    if "xla_cpu_use_fusion_emitters" not in flags and _xla_knows(FUSION_OFF):
+        cheap.append(FUSION_OFF)
+    os.environ["XLA_FLAGS"] = " ".join([*flags.split(), *cheap])
+
+
+FUSION_OFF = "--xla_cpu_use_fusion_emitters=false"
 
 
 @pytest.fixture
