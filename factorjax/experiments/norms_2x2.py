@@ -213,7 +213,9 @@ def positive_det_init(
             f = np.asarray(std * jax.random.normal(key, (depth, 2, 2)), np.float64)
         else:
             keys = jax.random.split(key, depth)
-            u, sv, vt = np.linalg.svd(std * np.asarray(jax.random.normal(keys[0], (2, 2))))
+            # the SVD in float64, so that the factors are balanced to float64 rounding
+            g = np.asarray(jax.random.normal(keys[0], (2, 2)), np.float64)
+            u, sv, vt = np.linalg.svd(std * g)
             qs = [vt.T, u] + [_haar(k) for k in keys[1:]]
             f = np.stack([qs[j + 1] @ np.diag(sv) @ qs[j].T for j in range(depth)])
         w = f[0]
