@@ -151,7 +151,7 @@ def test_min_nuclear_norm_against_cvxpy(kind, m, x64):
 @pytest.mark.slow  # compiles a training program and draws two figures: about 15 s
 def test_small_run_records_figures_and_resume(tmp_path, capsys):
     cfg = DeepMatrixConfig(n=10, rank=1, norm=10.0, completion_m=(60,), sensing_m=(),
-                           depths=(2,), scales=(1e-2, 1e-3), steps=2000, log_every=200,
+                           depths=(2,), scales=(1e-2, 1e-3), steps=20_000, log_every=500,
                            nuclear=False)  # fmt: skip
     recs = run_deep_matrix(cfg, tmp_path)
     assert len(recs) == 2 and all(r["status"] == "ok" and r["depth"] == 2 for r in recs)
@@ -193,7 +193,7 @@ def test_bad_config_is_refused_by_name(kwargs, words):
 
 @pytest.mark.slow  # the paper's setting at 2000 entries, depths 2 and 3: about a minute
 def test_depth_three_beats_depth_two_and_nuclear_norm_at_few_entries(tmp_path):
-    cfg = DeepMatrixConfig(completion_m=(2000,), depths=(2, 3), steps=6000, nuclear_iters=600)
+    cfg = DeepMatrixConfig(completion_m=(2000,), depths=(2, 3), steps=50_000, nuclear_iters=600)
     recs = run_deep_matrix(cfg, tmp_path)
     err = {r["depth"]: r["final"]["test_error"] for r in recs}
     erank = {r["depth"]: r["final"]["effective_rank"] for r in recs}

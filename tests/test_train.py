@@ -180,6 +180,37 @@ def test_stop_loss_freezes_a_run_once_its_loss_is_reached():
     assert not bool(np.any(hist["diverged"]))
 
 
+def test_stop_loss_ends_the_loop_at_the_stopped_iterate_within_a_block():
+    """With one record for all steps, the loop that ends early (``while_loop``) leaves each run
+    at the iterate where its loss first reached the stop: the iterate of a plain run of that
+    many updates, alone and under vmap beside runs that stop later or never."""
+    problem, model = small_problem(), small_model(alpha=0.3)
+    lr, steps = 0.05, 40
+
+    def run(m, n, stop=None):
+        return train(problem, m, steps=n, log_every=n, step_size=lr, method="factors",
+                     stop_loss=stop)  # fmt: skip
+
+    _, plain = jax.jit(lambda m: run(m, steps))(model)
+    _, each = jax.jit(lambda m: train(problem, m, steps=steps, log_every=1, step_size=lr,
+                                      method="factors"))(model)  # fmt: skip
+    loss = np.asarray(each["train_loss"])
+    stops = [loss[10] * 1.0001, loss[25] * 1.0001, 0.0]
+    firsts = [int(np.nonzero(loss <= s)[0][0]) if np.any(loss <= s) else steps for s in stops]
+    assert firsts[:2] == [10, 25]
+    batched, hist = jax.jit(jax.vmap(lambda s: run(model, steps, s)))(jnp.asarray(stops))
+    for j, (stop, first) in enumerate(zip(stops, firsts, strict=True)):
+        want = run(model, first)[0] if first else model
+        alone = jax.jit(lambda m, s: run(m, steps, s)[0])(model, stop)
+        got = jax.tree.map(lambda a, j=j: a[j], batched)
+        leaves = (jax.tree.leaves(t) for t in (want, alone, got))
+        for a, b, c in zip(*leaves, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(hist["train_loss"][j, -1], loss[first], rtol=1e-5)
+    np.testing.assert_allclose(plain["train_loss"][-1], loss[-1], rtol=1e-5)
+
+
 def test_stop_loss_is_refused_by_the_lifted_method_and_when_negative():
     with pytest.raises(ValueError, match="`stop_loss` needs method='factors'"):
         train(

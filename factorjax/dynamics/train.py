@@ -208,7 +208,9 @@ def _freeze(keep: Array, new: Any, old: Any) -> Any:
 def _factor_steps(problem, state, ts, step_size, optimizer, stop_loss=None):
     """``len(ts)`` updates of the factors by autodiff; returns the new state. With
     ``stop_loss``, an update is skipped where the loss is at or below it (and so every later
-    one: the parameters no longer change)."""
+    one: the parameters no longer change), and the loop ends early once every run has stopped
+    or diverged (a ``lax.while_loop``: under ``vmap`` it runs until the last run of the batch
+    stops)."""
     params, static = eqx.partition(state.model, eqx.is_array)
     stateless = optimizer is None  # plain gradient descent keeps no optimizer state
     if stateless:
@@ -219,7 +221,7 @@ def _factor_steps(problem, state, ts, step_size, optimizer, stop_loss=None):
         return problem.loss(eqx.combine(p, static).to_dense())
 
     def update(carry, t):
-        p, opt_state, diverged, diverged_at = carry
+        p, opt_state, diverged, diverged_at, _ = carry
         loss, g = jax.value_and_grad(loss_fn)(p)
         upd, new_state = optimizer.update(g, opt_state, p)
         new_p = optax.apply_updates(p, upd)
@@ -228,16 +230,24 @@ def _factor_steps(problem, state, ts, step_size, optimizer, stop_loss=None):
         bad = ~_all_finite(new_p)
         done = jnp.asarray(False) if stop_loss is None else loss <= stop_loss
         keep = diverged | bad | done
-        carry = (
+        return (
             _freeze(keep, new_p, p),
             _freeze(keep, new_state, opt_state),
             diverged | (bad & ~done),
             jnp.where(bad & ~diverged & ~done, t, diverged_at),
+            done,
         )
-        return carry, None
 
-    init = (params, opt_state, state.diverged, state.diverged_at)
-    (params, opt_state, diverged, diverged_at), _ = jax.lax.scan(update, init, ts)
+    init = (params, opt_state, state.diverged, state.diverged_at, jnp.asarray(False))
+    if stop_loss is None:
+        carry, _ = jax.lax.scan(lambda c, t: (update(c, t), None), init, ts)
+    else:
+        _, carry = jax.lax.while_loop(
+            lambda ic: (ic[0] < ts.shape[0]) & ~(ic[1][2] | ic[1][4]),
+            lambda ic: (ic[0] + 1, update(ic[1], ts[0] + ic[0])),
+            (jnp.asarray(0, ts.dtype), init),
+        )
+    params, opt_state, diverged, diverged_at, _ = carry
     return TrainState(
         eqx.combine(params, static),
         state.opt_state if stateless else opt_state,

@@ -86,11 +86,11 @@ class DeepMatrixConfig:
     depths: tuple[int, ...] = (2, 3, 4)
     scales: tuple[float, ...] = (1e-3,)
     seeds: int = 1
-    lr: float = 0.02
-    lr_final: float = 0.01
+    lr: float = 1e-3
+    lr_final: float = 1.0
     eps: float = 1e-4
-    steps: int = 8000
-    log_every: int = 200
+    steps: int = 100_000
+    log_every: int = 500
     stop_loss: float = 1e-6
     nuclear: bool = True
     nuclear_iters: int = 1500
@@ -189,7 +189,9 @@ def _program(cfg: DeepMatrixConfig, problem: str, m: int, depth: int):
         key = jax.random.fold_in(jax.random.key(8), seed)
         model = DeepLowRank.init(cfg.n, cfg.n, (cfg.n,) * (depth - 1), key=key, init="small",
                                  alpha=scale ** (1.0 / depth), dtype=p.y.dtype)  # fmt: skip
-        opt = group_rmsprop(_schedule(cfg), eps=cfg.eps)
+        # eps on the paper's loss (1/m)||A(W) - y||^2; factorjax's loss is m/2 times it, and
+        # GroupRMSprop's update is unchanged when the loss and eps scale alike.
+        opt = group_rmsprop(_schedule(cfg), eps=0.5 * m * cfg.eps)
         _, h = train(p, model, steps=cfg.steps, log_every=cfg.log_every, optimizer=opt,
                      stop_loss=0.5 * m * cfg.stop_loss)  # fmt: skip
         return h
@@ -401,8 +403,8 @@ register(
             "norm": 40.0,
             "completion_m": (480,),  # twice the 231 degrees of freedom, as 2000 for n = 100
             "depths": (2, 3),
-            "steps": 3000,
-            "log_every": 100,
+            "steps": 30_000,
+            "log_every": 250,
             "nuclear": False,
         },
         run_deep_matrix,
