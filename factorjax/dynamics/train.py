@@ -410,7 +410,9 @@ def train(
             scalar; ``"factors"`` method only): every later update is skipped, so the run's
             parameters, and its later records, stay as they were. The step where a run
             stopped is the first record whose ``train_loss`` is at or below ``stop_loss``, to
-            ``log_every`` steps. ``None`` (default): run every step.
+            ``log_every`` steps. The update loop ends once the run (under ``vmap``: every run
+            of the batch) has stopped, so a generous ``steps`` costs only the later records.
+            ``None`` (default): run every step.
 
     Returns:
         ``(final_model, history)``: ``history`` maps each name of `metrics` and ``step`` to
