@@ -411,8 +411,9 @@ def train(
             parameters, and its later records, stay as they were. The step where a run
             stopped is the first record whose ``train_loss`` is at or below ``stop_loss``, to
             ``log_every`` steps. The update loop ends once the run (under ``vmap``: every run
-            of the batch) has stopped, so a generous ``steps`` costs only the later records.
-            ``None`` (default): run every step.
+            of the batch) has stopped, so a generous ``steps`` costs only the later records;
+            that loop is a ``lax.while_loop``, which ``jax.grad`` cannot differentiate through
+            (differentiate a run with ``stop_loss=None``). ``None`` (default): run every step.
 
     Returns:
         ``(final_model, history)``: ``history`` maps each name of `metrics` and ``step`` to
