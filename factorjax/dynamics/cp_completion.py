@@ -20,7 +20,7 @@ Example:
     >>> from factorjax.dynamics.cp_completion import CPCompletion, init_factors
     >>> p = CPCompletion.make(4, 10, 5, 2000, key=jax.random.key(0))
     >>> A = init_factors(4, 10, 1000, 5e-3, key=jax.random.key(1))
-    >>> loss, grads = p.loss_and_grad(A)
+    >>> loss, grads, X = p.loss_and_grad(A)
     >>> [g.shape for g in grads]
     [(10, 1000), (10, 1000), (10, 1000), (10, 1000)]
 """
@@ -36,7 +36,7 @@ from jax import Array
 from jaxtyping import Float, Int, PRNGKeyArray
 
 from factorjax._checks import check_positive_int, describe
-from factorjax.dynamics.problems import _draw_indices
+from factorjax.dynamics._completion import _draw_indices
 from factorjax.factorizations.cp import khatri_rao
 
 __all__ = ["CPCompletion", "component_norms", "cp_dense", "init_factors"]

@@ -39,7 +39,8 @@ from jaxtyping import Float
 
 from factorjax import _lapack
 from factorjax._checks import check_positive_int
-from factorjax.dynamics.problems import AbstractCompletion, AbstractProblem
+from factorjax.dynamics._completion import AbstractCompletion
+from factorjax.dynamics._problem import AbstractProblem
 
 __all__ = ["min_nuclear_norm", "singular_value_threshold"]
 

@@ -15,7 +15,10 @@ that grows with ``N`` and the rank, never with ``num_embeddings``:
   ``sum_i kron(A_i[o_1], B_i[o_2])``.
 
 Example:
-    >>> W = TTMatrix.init(1000, 64, 8, key=jax.random.key(0))      # doctest: +SKIP
+    >>> import jax, jax.numpy as jnp
+    >>> from factorjax import TTMatrix
+    >>> from factorjax.factorizations._lookup import lookup
+    >>> W = TTMatrix.init(1000, 64, 8, key=jax.random.key(0))
     >>> lookup(W, jnp.array([[3, 7], [999, 0]])).shape
     (2, 2, 64)
 """

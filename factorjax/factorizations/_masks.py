@@ -8,8 +8,13 @@ is an array, not a shape, a rank sweep pads every run to the largest rank and ma
 (`leading_mask`), and vmaps; dropout over rank components draws its masks per call.
 
 Example:
-    >>> W = LowRank.init(64, 32, 16, key=key)                         # doctest: +SKIP
-    >>> W8 = mask_ranks(W, [leading_mask(16, 8)])   # equals W.truncate-free rank-8 part
+    >>> import jax
+    >>> from factorjax import LowRank
+    >>> from factorjax.factorizations._masks import leading_mask, mask_ranks
+    >>> W = LowRank.init(64, 32, 16, key=jax.random.key(0))
+    >>> W8 = mask_ranks(W, [leading_mask(16, 8)])   # the first 8 components kept, 8 zeroed
+    >>> W8.rank, int(jax.numpy.linalg.matrix_rank(W8.to_dense()))
+    (16, 8)
 """
 
 from collections.abc import Sequence

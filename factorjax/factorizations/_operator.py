@@ -11,9 +11,15 @@ The cost model (`Order`, `Plan`, `choose` and its constants) is in ``_cost.py``;
 plans of `AbstractOperator.tune` and `autotune` are in ``_tune.py``.
 
 Example:
-    >>> W.plan(4096)                     # doctest: +SKIP
-    Plan(order='dense', flops=..., peak_bytes=..., candidates=(...))
-    >>> y = W.apply(x)                   # x: (..., d_in) -> (..., d_out), planned
+    >>> import jax, jax.numpy as jnp
+    >>> from factorjax import TTMatrix
+    >>> W = TTMatrix.init(4096, 4096, 16, key=jax.random.key(0), out_modes=(16, 16, 16),
+    ...                   in_modes=(16, 16, 16))
+    >>> W.plan(1).order, W.plan(4096).order
+    ('right-to-left', 'dense')
+    >>> x = jnp.ones((8, 4096))
+    >>> W.apply(x).shape                 # x: (..., d_in) -> (..., d_out), planned for B = 8
+    (8, 4096)
     >>> y = W.apply(x, order="right-to-left")   # forced
 """
 

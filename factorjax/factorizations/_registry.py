@@ -11,7 +11,9 @@ format name and a rank specification to a factorization:
   the dense ``d_out d_in``), or ``"same"`` (the fraction 1: as many parameters as dense).
 
 Example:
-    >>> W = make_operator("tt", 256, 256, 0.1, key=jax.random.key(0))   # doctest: +SKIP
+    >>> import jax
+    >>> from factorjax.factorizations._registry import make_operator
+    >>> W = make_operator("tt", 256, 256, 0.1, key=jax.random.key(0))
     >>> W.num_params <= 0.1 * 256 * 256
     True
 """

@@ -120,6 +120,7 @@ def from_linear(
         A `factorjax.nnx.FactorizedLinear`.
 
     Example:
+        >>> import jax
         >>> dense = nnx.Linear(64, 32, rngs=nnx.Rngs(0))
         >>> layer = from_linear(dense, "lowrank", rank=8)
         >>> layer(jax.numpy.ones((4, 64))).shape
@@ -202,6 +203,7 @@ def from_conv(layer: Any, format: Any = "tucker", rank: Any = None, **options) -
         A `ChannelsLastConv`: ``(*batch, *spatial, C_in)`` to ``(*batch, *out, C_out)``.
 
     Example:
+        >>> import jax
         >>> dense = nnx.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0))
         >>> from_conv(dense, "tucker", rank=8)(jax.numpy.ones((2, 8, 8, 16))).shape
         (2, 8, 8, 32)
@@ -235,6 +237,7 @@ def from_embedding(
         A `factorjax.nnx.FactorizedEmbedding`.
 
     Example:
+        >>> import jax
         >>> dense = nnx.Embed(1000, 64, rngs=nnx.Rngs(0))
         >>> from_embedding(dense, "lowrank", rank=16)(jax.numpy.array([1, 2])).shape
         (2, 64)

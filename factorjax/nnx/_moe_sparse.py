@@ -17,16 +17,16 @@ __all__ = ["SparseMoE"]
 
 class SparseMoE(nnx.Module):
     """The sparse top-k mixture of experts of `factorjax.moe.SparseMoE`: the same arguments,
-        parameters and outputs, with ``rngs`` (its ``params`` stream) instead of ``key``.
+    parameters and outputs, with ``rngs`` (its ``params`` stream) instead of ``key``.
 
-        Example:
-            >>> import jax
-    from flax import nnx
-            >>> from factorjax.nnx import SparseMoE
-            >>> moe = SparseMoE(16, 16, 8, top_k=2, expert_format="lowrank", expert_rank=4,
-            ...                 rngs=nnx.Rngs(0))
-            >>> moe(jax.numpy.ones((4, 16))).shape          # doctest: +SKIP
-            (4, 16)
+    Example:
+        >>> import jax
+        >>> from flax import nnx
+        >>> from factorjax.nnx import SparseMoE
+        >>> moe = SparseMoE(16, 16, 8, top_k=2, expert_format="lowrank", expert_rank=4,
+        ...                 rngs=nnx.Rngs(0))
+        >>> moe(jax.numpy.ones((4, 16))).shape
+        (4, 16)
     """
 
     def __init__(
