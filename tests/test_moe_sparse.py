@@ -43,7 +43,10 @@ def _layer(fmt: str) -> SparseMoE:
         layer = eqx.tree_at(lambda m: m.router, layer, jax.random.normal(k_router, (D_IN, E)))
         return eqx.tree_at(lambda m: m.bias, layer, jax.random.normal(k_bias, (E, D_OUT)))
 
-    return eqx.filter_jit(build)(jax.random.key(0))
+    layer = eqx.filter_jit(build)(jax.random.key(0))
+    # float32 whoever calls first: under a test's `jax.enable_x64` the random leaves would be
+    # float64, and the cache would hand them to the float32 tests
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, layer)
 
 
 def _as_float64(layer: SparseMoE) -> SparseMoE:
