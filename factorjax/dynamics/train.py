@@ -242,8 +242,13 @@ def _factor_steps(problem, state, ts, step_size, optimizer, stop_loss=None):
     if stop_loss is None:
         carry, _ = jax.lax.scan(lambda c, t: (update(c, t), None), init, ts)
     else:
+
+        def running(ic):  # updates left, and the run neither diverged nor stopped
+            i, (_, _, diverged, _, done) = ic
+            return (i < ts.shape[0]) & ~(diverged | done)
+
         _, carry = jax.lax.while_loop(
-            lambda ic: (ic[0] < ts.shape[0]) & ~(ic[1][2] | ic[1][4]),
+            running,
             lambda ic: (ic[0] + 1, update(ic[1], ts[0] + ic[0])),
             (jnp.asarray(0, ts.dtype), init),
         )

@@ -190,11 +190,12 @@ def _program(cfg: DeepMatrixConfig, problem: str, m: int, depth: int):
         key = jax.random.fold_in(jax.random.key(8), seed)
         model = DeepLowRank.init(cfg.n, cfg.n, (cfg.n,) * (depth - 1), key=key, init="small",
                                  alpha=scale ** (1.0 / depth), dtype=p.y.dtype)  # fmt: skip
-        # eps on the paper's loss (1/m)||A(W) - y||^2; factorjax's loss is m/2 times it, and
-        # GroupRMSprop's update is unchanged when the loss and eps scale alike.
-        opt = group_rmsprop(_schedule(cfg), eps=0.5 * m * cfg.eps)
+        # factorjax's loss is m/2 times the paper's (1/m)||A(W) - y||^2: the stop and eps scale
+        # with it (GroupRMSprop's update is unchanged when the loss and eps scale alike)
+        loss_scale = 0.5 * m
+        opt = group_rmsprop(_schedule(cfg), eps=loss_scale * cfg.eps)
         _, h = train(p, model, steps=cfg.steps, log_every=cfg.log_every, optimizer=opt,
-                     stop_loss=0.5 * m * cfg.stop_loss)  # fmt: skip
+                     stop_loss=loss_scale * cfg.stop_loss)  # fmt: skip
         return h
 
     def one_nuclear(seed, scale):
