@@ -69,7 +69,8 @@ MIN_BLOCK_S = 0.05
 # d=4096, r=64, B=4096 hold 4 GB each, and ran 40x slower than the best where they fit).
 MAX_PEAK_BYTES = 2**30
 TARGETS = {"median_over_tltorch": 1.5, "worst_over_tltorch": 0.9, "planner_over_best": 0.9}
-# Short labels of the candidate orders in the printed table.
+# Short labels of the candidate orders in the printed table ("r2l(2-3)": right-to-left with
+# cores 2 and 3 merged first).
 SHORT = {
     "right-to-left": "r2l",
     "left-to-right": "l2r",
@@ -77,6 +78,13 @@ SHORT = {
     "einsum-greedy": "ein-greedy",
     "inputs-first-reversed": "in-first-rev",
 }
+
+
+def short(name):
+    """The short label of an order's name."""
+    for long, abbrev in SHORT.items():
+        name = name.replace(long, abbrev)
+    return name
 
 
 def make_weight(fmt, d, r, key):
@@ -266,7 +274,7 @@ def main(argv=None):
                                 json.dump({"machine": info, "rows": rows}, fh, indent=1)
                         t = row["tltorch_s"]
                         names = [
-                            SHORT.get(row[k], row[k])
+                            short(row[k])
                             for k in ("order", "tuned_order", "best_order")
                         ]
                         print(

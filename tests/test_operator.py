@@ -171,6 +171,20 @@ def test_sequential_path_contracts_in_the_given_order(rng):
         np.testing.assert_allclose(opt_einsum.contract(eq, *ops, optimize=list(path)), want)
 
 
+def test_pairwise_path_contracts_the_intermediates_holding_each_pair(rng):
+    import opt_einsum
+
+    # (1, 2), then the result (holding 1) with 3, then 0 with it; (0, 2) is already done
+    path = _operator.pairwise_path(4, [(1, 2), (1, 3), (0, 1), (0, 2)])
+    assert path == ((1, 2), (1, 2), (0, 1))
+    eq = "ab,bc,cd,de->ae"
+    ops = [rng.standard_normal(s) for s in [(2, 3), (3, 4), (4, 5), (5, 6)]]
+    _, info = opt_einsum.contract_path(eq, *ops, optimize=list(path))
+    assert [set(step[0]) for step in info.contraction_list] == [{1, 2}, {1, 2}, {0, 1}]
+    want = ops[0] @ ops[1] @ ops[2] @ ops[3]
+    np.testing.assert_allclose(opt_einsum.contract(eq, *ops, optimize=list(path)), want)
+
+
 def _small_ttm():
     return TTMatrix.init(24, 12, 3, key=jax.random.key(0), out_modes=(2, 3, 4), in_modes=(3, 2, 2))
 

@@ -408,7 +408,9 @@ def test_ttm_every_order_equals_x_wt(rng, lead):
         "einsum-greedy",
         "einsum-optimal",
         "left-to-right",
+        "left-to-right(1-2)",
         "right-to-left",
+        "right-to-left(2-3)",
     ]
     # and against x @ to_matrix().T, whose W carries its own rounding (product_tol entrywise)
     via_w = f64(x) @ f64(W.to_matrix()).T
@@ -470,16 +472,56 @@ def test_ttm_sweep_steps_that_are_large_matmuls_count_as_such():
     its sides (rows, columns, contracted length) is below GEMM_MIN_DIM. At d = 4096 = 16^3, r =
     16, B = 64 only the middle step of right-to-left qualifies (its contracted (i_2, r_2) and
     its new (r_1, o_2) are 256 long; the first contracts i_3 alone, the last yields o_1
-    alone: 16 < 32). With it, the model picks right-to-left, the fastest order there in run 8
-    of the layers benchmark (55 ms against 119 ms for dense), not dense."""
+    alone: 16 < 32). With cores 2 and 3 merged first, the input meets them in one step that
+    qualifies (rows (B, i_1), columns (r_1, o_2, o_3), contracted (i_2, i_3)); the merge
+    itself contracts r_2 alone. With the merged sweep's fewer FLOPs and smaller
+    intermediates, the model picks it over right-to-left, and either over dense (55 ms
+    against 119 ms in run 8 of the layers benchmark)."""
     assert _cost.GEMM_MIN_DIM == 32
     B, n, r = 64, 16, 16
     W = TTMatrix.init(n**3, n**3, r, key=jax.random.key(0), out_modes=(n,) * 3, in_modes=(n,) * 3)
     orders = {c.order.name: c.order for c in W.candidates(B)}
     middle = 2 * (B * n * n) * (r * n) * (n * r)  # rows (B, i_1, o_3), columns, contracted
     assert orders["right-to-left"].gemm_flops == middle
+    merged = 2 * (B * n) * (r * n * n) * (n * n)
+    assert orders["right-to-left(2-3)"].gemm_flops == merged
+    assert orders["left-to-right(1-2)"].gemm_flops == merged
     assert orders["einsum-greedy"].gemm_flops == 0  # jnp.einsum paths stay chains
-    assert W.plan(B).order == "right-to-left"
+    assert W.plan(B).order == "right-to-left(2-3)"
+    assert _cost.score(orders["right-to-left"]) < _cost.score(orders["dense"])
+
+
+def test_ttm_merged_sweeps_cost_their_paths(rng):
+    """A merged sweep's cost is opt_einsum's count of its path: the first cores it meets
+    merged pairwise, then the sweep over the merged train; and it computes x W^T."""
+    B, out, inp, ranks = 3, (2, 3, 2, 2), (3, 2, 2, 3), (2, 3, 2)
+    cores = random_ttm_cores(rng, out, inp, ranks)
+    W = TTMatrix(cores)
+    shapes = [(B, *inp), *(c.shape for c in W.cores)]
+    eq = "nwxyz,aAwb,bBxc,cCyd,dDze->nABCD"  # boundary ranks a, e of size 1
+
+    def cost(path):
+        info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=path)[1]
+        return info.opt_cost, max(info.size_list[:-1]) * 4
+
+    orders = {c.order.name: c.order for c in W.candidates(B)}
+    # operands: x 0, cores 1-4; each result goes to the end of the list
+    paths = {
+        "right-to-left(3-4)": [(3, 4), (0, 3), (1, 2), (0, 1)],  # merge 3-4, x, core 2, 1
+        "right-to-left(2-4)": [(2, 3), (2, 3), (0, 2), (0, 1)],  # merge 2-3, with 4, x, core 1
+        "left-to-right(1-2)": [(1, 2), (0, 3), (0, 2), (0, 1)],  # merge 1-2, x, core 3, 4
+        "left-to-right(1-3)": [(1, 2), (1, 3), (0, 2), (0, 1)],
+    }
+    assert set(paths) <= set(orders)
+    assert len(orders) == 9  # and the two sweeps, two einsum paths, dense
+    for name, path in paths.items():
+        flops, peak = cost(path)
+        assert (orders[name].flops, orders[name].peak_bytes) == (flops, peak), name
+    x = rng.standard_normal((B, math.prod(inp))).astype(np.float32)
+    ref = f64(x) @ ref_ttm(cores).T
+    for name in paths:
+        y = W.apply(x, order=name)
+        np.testing.assert_allclose(y, ref, rtol=0, atol=ref_apply_tol(cores, x))
 
 
 def test_ttm_cost_model_dense_wins_at_high_rank_chains_at_low_rank():
@@ -748,7 +790,7 @@ def test_gradients(rng, x64):
 
     def ttm_fn(x, *c):  # every order in one function
         W = TTMatrix(tuple(jnp.asarray(a) for a in c))
-        names = ("right-to-left", "left-to-right", "dense")
+        names = ("right-to-left", "left-to-right", "right-to-left(2-3)", "left-to-right(1-2)")
         return jnp.stack([W.apply(x, order=n) for n in names])
 
     check_grads(jax.jit(ttm_fn), (X, *ttm), order=1)

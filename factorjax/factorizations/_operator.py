@@ -59,6 +59,7 @@ __all__ = [
     "left_matmul",
     "matmul_t",
     "network_candidates",
+    "pairwise_path",
     "sequential_path",
 ]
 
@@ -258,11 +259,22 @@ def sequential_path(n: int, order: Sequence[int]) -> tuple[tuple[int, int], ...]
     """The opt_einsum path that contracts operand ``order[0]`` with ``order[1]``, the result
     with ``order[2]``, and so on (indices among ``n`` operands; opt_einsum appends each
     result to the end of the list)."""
-    ids, acc, path = list(range(n)), order[0], []
-    for k in order[1:]:
-        i, j = sorted((ids.index(acc), ids.index(k)))
+    return pairwise_path(n, [(order[0], k) for k in order[1:]])
+
+
+def pairwise_path(n: int, pairs: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The opt_einsum path that contracts, for each ``(u, v)`` of ``pairs`` in turn, the
+    intermediate holding operand ``u`` with the one holding operand ``v`` (indices among the
+    ``n`` original operands; a pair whose two operands are already in one intermediate is
+    skipped)."""
+    nodes, path = [frozenset([k]) for k in range(n)], []
+    for u, v in pairs:
+        i, j = (next(k for k, s in enumerate(nodes) if t in s) for t in (u, v))
+        if i == j:
+            continue
+        i, j = sorted((i, j))
         path.append((i, j))
-        ids = [t for t in ids if t not in (acc, k)] + [acc]
+        nodes = [s for k, s in enumerate(nodes) if k not in (i, j)] + [nodes[i] | nodes[j]]
     return tuple(path)
 
 
