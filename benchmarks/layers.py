@@ -273,10 +273,7 @@ def main(argv=None):
                             with open(args.json, "w") as fh:
                                 json.dump({"machine": info, "rows": rows}, fh, indent=1)
                         t = row["tltorch_s"]
-                        names = [
-                            short(row[k])
-                            for k in ("order", "tuned_order", "best_order")
-                        ]
+                        names = [short(row[k]) for k in ("order", "tuned_order", "best_order")]
                         print(
                             f"{fmt:<7}{d:>5}{r:>4}{B:>6} {row['params']:>9} "
                             f"{names[0]:>11} {names[1]:>11} {names[2]:>11} "
