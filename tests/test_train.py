@@ -13,8 +13,9 @@ import optax
 import pytest
 
 from factorjax import SymmetricTubalLowRank, tubal
+from factorjax.dynamics.metrics import metrics
 from factorjax.dynamics.problems import TubalSensing
-from factorjax.dynamics.train import metrics, train
+from factorjax.dynamics.train import train
 
 EPS32 = float(np.finfo(np.float32).eps)
 N, K, R_TRUE, WIDTH, M = 5, 4, 2, 5, 60

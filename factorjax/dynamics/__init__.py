@@ -4,6 +4,7 @@ The experiment runner (sweeps over seeds and scales as one compiled program, sha
 devices and hosts, the `factorjax` command) builds on these; see the project's issue tracker.
 """
 
+from factorjax.dynamics.metrics import metrics, reference_bases, top_subspace
 from factorjax.dynamics.nuclear import min_nuclear_norm
 from factorjax.dynamics.optim import group_rmsprop
 from factorjax.dynamics.problems import (
@@ -22,14 +23,7 @@ from factorjax.dynamics.storage import (
     save_npz_atomic,
 )
 from factorjax.dynamics.sweep import run_sweep
-from factorjax.dynamics.train import (
-    TrainState,
-    advance,
-    metrics,
-    reference_bases,
-    top_subspace,
-    train,
-)
+from factorjax.dynamics.train import TrainState, advance, train
 
 __all__ = [
     "AbstractProblem",

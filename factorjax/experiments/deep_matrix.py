@@ -38,9 +38,9 @@ from jax import Array
 from jaxtyping import Float
 
 from factorjax.dynamics import MatrixCompletion, MatrixSensing, RunStore, run_sweep, train
+from factorjax.dynamics.metrics import metrics
 from factorjax.dynamics.nuclear import min_nuclear_norm
 from factorjax.dynamics.optim import group_rmsprop
-from factorjax.dynamics.train import metrics
 from factorjax.experiments._common import pyplot, read_run
 from factorjax.experiments._registry import Experiment, register
 from factorjax.factorizations import DeepLowRank

@@ -34,9 +34,9 @@ import numpy as np
 
 from factorjax import SymmetricTubalLowRank
 from factorjax.dynamics import RunStore, TrainState, TubalSensing, advance, metrics, run_id
+from factorjax.dynamics.metrics import reference_bases
 from factorjax.dynamics.parallel import is_writer, map_runs
 from factorjax.dynamics.sweep import run_sweep
-from factorjax.dynamics.train import reference_bases
 from factorjax.experiments._common import require_float64
 
 __all__ = ["SensingSweepConfig", "run_sensing_sweep"]

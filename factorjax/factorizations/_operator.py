@@ -89,6 +89,12 @@ class AbstractOperator(AbstractFactorization):
     def reconstruction_flops(self) -> int:
         """FLOPs of `to_matrix` in its cheapest order (part of the ``"dense"`` order's cost)."""
 
+    def reconstruction_gemm_flops(self) -> int:
+        """The part of `reconstruction_flops` done by plain matmuls no side of which is below
+        `GEMM_MIN_DIM` (counted at the matmul rate; the rest counts as a chain). None by
+        default."""
+        return 0
+
     @abc.abstractmethod
     def candidates(self, batch: int) -> tuple[Candidate, ...]:
         """Every sensible order of computing ``x W^T`` for ``x`` of shape ``(batch, d_in)``,
@@ -234,7 +240,12 @@ def dense_candidate(op: AbstractOperator, batch: int) -> Candidate:
     itemsize = jnp.dtype(op.dtype).itemsize
     gemm = 2 * batch * d_in * d_out
     return Candidate(
-        Order("dense", gemm + op.reconstruction_flops(), d_out * d_in * itemsize, gemm),
+        Order(
+            "dense",
+            gemm + op.reconstruction_flops(),
+            d_out * d_in * itemsize,
+            gemm + op.reconstruction_gemm_flops(),
+        ),
         lambda x: matmul_t(x, op.to_matrix()),
     )
 

@@ -19,6 +19,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Float, PRNGKeyArray
 
 from factorjax._checks import as_real_array, check_positive_int, describe
+from factorjax.factorizations import _cost
 from factorjax.factorizations._operator import (
     AbstractOperator,
     Candidate,
@@ -230,6 +231,11 @@ class TTMatrix(AbstractOperator):
     def reconstruction_flops(self) -> int:
         return min(_sweep_flops(self.cores))
 
+    def reconstruction_gemm_flops(self) -> int:
+        left, right = _sweep_flops(self.cores)
+        steps = _sweep_steps(self.cores)[0 if left <= right else 1]
+        return sum(2 * m * k * n for m, k, n in steps if min(m, k, n) >= _cost.GEMM_MIN_DIM)
+
     def round(self, rtol: Any = None, rank: Any = None) -> "TTMatrix":
         """TT rounding of the cores, as `TensorTrain.round` (``rtol`` bounds
         ``||W - W'||_F <= rtol ||W||_F``)."""
@@ -341,16 +347,19 @@ def _merged_sweep(cores: tuple[Array, ...], a: int, b: int, sweep: Any, x: Array
 # jax 0.10: 5.2 against 3.0 ms), most of it in XLA's copies for the 2d-axis permutations.
 
 
-def _sweep_flops(cores: Sequence[Any]) -> tuple[int, int]:
-    """FLOPs of rebuilding ``W`` from the left and from the right."""
+def _sweep_steps(cores: Sequence[Any]) -> tuple[list, list]:
+    """The matmuls ``(m, k, n)`` of rebuilding ``W`` from the left and from the right."""
     sizes = [c.shape[1] * c.shape[2] for c in cores]
     ranks = [c.shape[0] for c in cores] + [1]
     d = len(cores)
-    left = sum(2 * math.prod(sizes[:k]) * ranks[k] * sizes[k] * ranks[k + 1] for k in range(1, d))
-    right = sum(
-        2 * ranks[k] * sizes[k] * ranks[k + 1] * math.prod(sizes[k + 1 :]) for k in range(d - 1)
-    )
+    left = [(math.prod(sizes[:k]), ranks[k], sizes[k] * ranks[k + 1]) for k in range(1, d)]
+    right = [(ranks[k] * sizes[k], ranks[k + 1], math.prod(sizes[k + 1 :])) for k in range(d - 1)]
     return left, right
+
+
+def _sweep_flops(cores: Sequence[Any]) -> tuple[int, int]:
+    """FLOPs of rebuilding ``W`` from the left and from the right."""
+    return tuple(sum(2 * m * k * n for m, k, n in steps) for steps in _sweep_steps(cores))
 
 
 @jax.jit
