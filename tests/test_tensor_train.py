@@ -524,6 +524,28 @@ def test_ttm_merged_sweeps_cost_their_paths(rng):
         np.testing.assert_allclose(y, ref, rtol=0, atol=ref_apply_tol(cores, x))
 
 
+def test_ttm_dense_reconstruction_counts_its_large_matmuls():
+    """The rebuild of W is a sweep of matmuls (m, k, n): (outputs and inputs so far, r_k) by
+    (r_k, next core). At d = 4096 = 16^3 and r = 64 both steps have every side >= 64, so all
+    of its FLOPs count at the matmul rate, and dense is the model's pick at B = 64 (run 11 of
+    the layers benchmark: 153 ms, against 214 ms for right-to-left(2-3), which the model
+    picked while the rebuild counted as a chain). At r = 16 both contract 16 < GEMM_MIN_DIM."""
+    n = 16
+
+    def ttm(r):
+        return TTMatrix.init(
+            n**3, n**3, r, key=jax.random.key(0), out_modes=(n,) * 3, in_modes=(n,) * 3
+        )
+
+    W = ttm(64)
+    by_hand = 2 * (n * n) * 64 * (n * n * 64) + 2 * (n**4) * 64 * (n * n)  # from the left
+    assert W.reconstruction_flops() == W.reconstruction_gemm_flops() == by_hand
+    dense = next(c.order for c in W.candidates(64) if c.order.name == "dense")
+    assert dense.gemm_flops == dense.flops
+    assert W.plan(64).order == "dense"
+    assert ttm(16).reconstruction_gemm_flops() == 0
+
+
 def test_ttm_cost_model_dense_wins_at_high_rank_chains_at_low_rank():
     # d = 3, N = 4096 = 16^3 in and out, B = 4096 (shapes only: the candidates read the shapes)
     def ratios(r):
