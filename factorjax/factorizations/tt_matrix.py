@@ -274,8 +274,8 @@ class TTMatrix(AbstractOperator):
 
         A merged run turns a sweep's small steps into one larger matmul: at ``d_in = d_out =
         4096 = 16^3``, ``r = 16``, ``B = 64`` on a 2-core CPU, ``"right-to-left(2-3)"`` ran
-        forward and backward in 48 ms against 60 ms for the plain sweeps and the einsum
-        paths (tensorly-torch: 48 ms)."""
+        forward and backward in 36 to 52 ms (three measurements), against 58 ms and more for
+        the other orders, and 47 to 48 ms for tensorly-torch (run 11 in docs/benchmarks.md)."""
         d = len(self.cores)
         named = {
             "right-to-left": sequential_path(d + 1, [0, *range(d, 0, -1)]),
