@@ -91,8 +91,8 @@ class AbstractOperator(AbstractFactorization):
 
     def reconstruction_gemm_flops(self) -> int:
         """The part of `reconstruction_flops` done by plain matmuls no side of which is below
-        `GEMM_MIN_DIM` (counted at the matmul rate; the rest counts as a chain). None by
-        default."""
+        `GEMM_MIN_DIM` (counted at the matmul rate; the rest counts as a chain). 0 unless a
+        format says otherwise."""
         return 0
 
     @abc.abstractmethod
