@@ -21,6 +21,7 @@ __all__ = [
     "Plan",
     "choose",
     "gemm_flops",
+    "matmul_gemm_flops",
     "score",
 ]
 
@@ -156,6 +157,11 @@ def gemm_flops(info: Any) -> int:
             continue
         a, b = set(terms[0]), set(terms[1])
         m, n, k = size(a - b), size(b - a), size((a & b) - set(output))
-        if min(m, n, k) >= GEMM_MIN_DIM:
-            total += 2 * m * n * k * size(a & b & set(output))
+        total += matmul_gemm_flops(m, k, n) * size(a & b & set(output))
     return total
+
+
+def matmul_gemm_flops(m: int, k: int, n: int) -> int:
+    """The FLOPs of an ``(m, k) x (k, n)`` product if none of its sides is below
+    `GEMM_MIN_DIM` (it runs at the matmul rate), else 0."""
+    return 2 * m * k * n if min(m, k, n) >= GEMM_MIN_DIM else 0

@@ -234,7 +234,7 @@ class TTMatrix(AbstractOperator):
     def reconstruction_gemm_flops(self) -> int:
         left, right = _sweep_flops(self.cores)
         steps = _sweep_steps(self.cores)[0 if left <= right else 1]
-        return sum(2 * m * k * n for m, k, n in steps if min(m, k, n) >= _cost.GEMM_MIN_DIM)
+        return sum(_cost.matmul_gemm_flops(m, k, n) for m, k, n in steps)
 
     def round(self, rtol: Any = None, rank: Any = None) -> "TTMatrix":
         """TT rounding of the cores, as `TensorTrain.round` (``rtol`` bounds
