@@ -27,6 +27,7 @@ import tensorly
 from jax.test_util import check_grads
 
 from factorjax.factorizations import _cost
+from factorjax.factorizations._multilinear import multiply_trailing, trailing_plan
 from factorjax.factorizations.tucker import Tucker, resolve_ranks
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -108,7 +109,13 @@ def sthosvd_tol(svals, ranks, norm, backward):
 
 
 @pytest.mark.parametrize(
-    "shape, ranks", [((3, 4), (2, 2)), ((3, 4, 2), (3, 2, 2)), ((2, 3, 2, 3), (2, 2, 1, 2))]
+    "shape, ranks",
+    [
+        ((3, 4), (2, 2)),
+        ((3, 4, 2), (3, 2, 2)),
+        ((2, 3, 2, 3), (2, 2, 1, 2)),
+        ((3, 4, 2), (3, 4, 2)),  # full rank: rebuilt by the cyclic sweep
+    ],
 )
 def test_to_dense_equals_explicit_sum_and_tensorly(rng, shape, ranks):
     t = random_tucker(rng, shape, ranks)
@@ -124,6 +131,57 @@ def test_to_dense_equals_explicit_sum_and_tensorly(rng, shape, ranks):
     W = t.with_n_out(1).to_matrix()
     assert W.shape == (shape[0], math.prod(shape[1:]))
     np.testing.assert_array_equal(W, np.asarray(dense).reshape(W.shape))
+
+
+@pytest.mark.parametrize("how", ["cyclic", (1, 0, 2), (2, 0, 1)])
+def test_multiply_trailing_equals_explicit_sum(rng, how):
+    # y of shape (*lead, r_1, r_2, r_3) with lead (2, 3); mats[k] of shape (n_k, r_k)
+    y = rng.standard_normal((2, 3, 3, 4, 2))
+    mats = [rng.standard_normal(s) for s in ((5, 3), (4, 4), (6, 2))]
+    ref = np.zeros((5, 4, 6, 2, 3))
+    for a, b, i, j, k in itertools.product(*map(range, y.shape)):
+        ref[:, :, :, a, b] += y[a, b, i, j, k] * np.einsum(
+            "p,q,r->pqr", mats[0][:, i], mats[1][:, j], mats[2][:, k]
+        )
+    out = multiply_trailing(
+        jnp.asarray(y, jnp.float32), [jnp.asarray(m, jnp.float32) for m in mats], how
+    )
+    assert out.shape == (5, 4, 6, 2, 3)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_multiply_trailing_gradients(rng, x64):
+    y = jnp.asarray(rng.standard_normal((2, 3, 2)))
+    mats = tuple(jnp.asarray(rng.standard_normal(s)) for s in ((4, 3), (3, 2)))
+    for how in ("cyclic", (0, 1)):
+        f = jax.jit(lambda y, *m, how=how: multiply_trailing(y, m, how))
+        check_grads(f, (y, *mats), order=1)
+
+
+def test_trailing_plan_counts_by_hand():
+    # (6, 2, 3) -> (4, 5, 6): the sweep multiplies mode 2 first (rest = 6 * 2 entries),
+    # then mode 1 (rest = 6 * 5): 2*5*3*12 + 2*4*2*30 = 840, as much as the cheapest chain:
+    # ties go to the sweep. No side reaches GEMM_MIN_DIM, so none of it is at matmul rate.
+    assert trailing_plan((2, 3), (4, 5), 6) == ("cyclic", 840, 0, [60, 120])
+    # (3, 4, 1) -> (3, 4, 16): the sweep's fixed order expands the last mode first,
+    # 2*16*1*12 + 2*4*4*48 = 1920 FLOPs, against 2*12*4 + 2*12*16 = 480 for the chain that
+    # multiplies mode 1 first: the chain is taken
+    assert trailing_plan((4, 1), (4, 16), 3) == ((0, 1), 480, 0, [12, 192])
+    # (32, 32) -> (32, 64): both steps are matmuls with every side >= 32, counted at the
+    # matmul rate: 2*64*32*32 + 2*32*32*64, against the cheapest chain's
+    # 2*1024*32 + 2*1024*64 at CHAIN_PENALTY times
+    assert _cost.GEMM_MIN_DIM <= 32
+    n = 2 * 64 * 32 * 32 + 2 * 32 * 32 * 64
+    assert trailing_plan((32, 32), (32, 64), 1) == ("cyclic", n, n, [2048, 2048])
+
+
+def test_dense_order_counts_the_sweeps_matmuls(rng):
+    # a full-rank core with modes of 32: the rebuild is a sweep of matmuls at the matmul rate
+    t = random_tucker(rng, (32, 32, 32), (32, 32, 32), n_out=1)
+    recon = 3 * 2 * 32**4
+    assert t.reconstruction_flops() == t.reconstruction_gemm_flops() == recon
+    dense = {c.order.name: c.order for c in t.candidates(8)}["dense"]
+    assert dense.flops == dense.gemm_flops == recon + 2 * 8 * 32 * 1024
 
 
 OUT, IN, RANKS = (2, 3), (4, 2, 3), (2, 3, 3, 2, 2)

@@ -1,8 +1,9 @@
 """The multilinear algebra under `factorjax.factorizations.tucker.Tucker`.
 
 Multilinear ranks (`resolve_ranks`), mode products in their cheapest order (`chain_plan`,
-`run_chain`), and the decompositions of a dense tensor: sequentially truncated HOSVD
-(`st_hosvd`) and higher-order orthogonal iteration (`hooi`).
+`run_chain`) or as a cyclic sweep of matmuls (`trailing_plan`, `multiply_trailing`), and the
+decompositions of a dense tensor: sequentially truncated HOSVD (`st_hosvd`) and higher-order
+orthogonal iteration (`hooi`).
 """
 
 import functools
@@ -16,6 +17,7 @@ from jax import Array, lax
 
 from factorjax import _lapack
 from factorjax._checks import check_positive_int, check_tolerance, describe
+from factorjax.factorizations._cost import CHAIN_PENALTY, matmul_gemm_flops
 
 # ---------------------------------------------------------------------------------------------
 # Ranks, mode products and their order
@@ -108,6 +110,51 @@ def run_chain(y: Array, mats, axes, order, contract: int) -> Array:
     for j in order:
         y = mode_product(y, axes[j], mats[j], contract)
     return y
+
+
+def trailing_plan(src, dst, lead: int) -> tuple[Any, int, int, list[int]]:
+    """How `multiply_trailing` takes a tensor ``(lead, *src)`` to ``(*dst, lead)``: as a
+    cyclic sweep, or as `chain_plan`'s cheapest chain of mode products followed by one move
+    of the ``lead`` entries to the end, whichever the cost model scores lower (ties go to the
+    sweep).
+
+    The cyclic sweep multiplies the last axis at each step, ``A_k @ y^T`` with ``y`` viewed as
+    ``(rest, r_k)``, and the new axis comes out first: after the last step the axes are in
+    order with ``lead`` behind them, and no axis was ever moved (the mode products of a chain
+    each transpose the whole tensor). Its steps with no side below ``GEMM_MIN_DIM`` count at
+    the matmul rate. Its order is fixed (last mode first), so where the ranks are well below
+    the modes it can cost many times the cheapest chain; the chain is taken there.
+
+    Returns:
+        ``(how, flops, gemm_flops, sizes)``: ``"cyclic"`` or the chain's order of modes; its
+        FLOPs, the part at the matmul rate, and the size of each intermediate.
+    """
+    m = len(src)
+    flops, gemm, sizes, done = 0, 0, [], 1  # done: the product of the modes already expanded
+    for k in reversed(range(m)):
+        rest = lead * done * math.prod(src[:k])
+        flops += 2 * dst[k] * src[k] * rest
+        gemm += matmul_gemm_flops(dst[k], src[k], rest)
+        done *= dst[k]
+        sizes.append(dst[k] * rest)
+    order, chain_flops, chain_sizes = chain_plan(src, dst, lead)
+    if (flops - gemm) * CHAIN_PENALTY + gemm <= chain_flops * CHAIN_PENALTY:
+        return "cyclic", flops, gemm, sizes
+    return order, chain_flops, 0, chain_sizes
+
+
+def multiply_trailing(y: Array, mats, how) -> Array:
+    """``y`` of shape ``(*lead, r_1, ..., r_m)`` times ``mats[k]`` ``(n_k, r_k)`` on its last
+    ``m`` axes, returned as ``(n_1, ..., n_m, *lead)``, the way `trailing_plan` chose."""
+    m = len(mats)
+    lead = y.shape[: y.ndim - m]
+    shape = (*(a.shape[0] for a in mats), *lead)
+    if how != "cyclic":
+        y = run_chain(y, mats, range(len(lead), y.ndim), how, 1)
+        return jnp.moveaxis(y.reshape(-1, math.prod(shape[:m])), 0, 1).reshape(shape)
+    for a in reversed(mats):
+        y = a @ y.reshape(-1, a.shape[1]).T
+    return y.reshape(shape)
 
 
 def kron(mats) -> Array:

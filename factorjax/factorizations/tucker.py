@@ -36,9 +36,11 @@ from factorjax.factorizations._multilinear import (
     hooi,
     kron,
     kron_flops,
+    multiply_trailing,
     orthonormalize,
     resolve_ranks,
     run_chain,
+    trailing_plan,
 )
 from factorjax.factorizations._operator import (
     Candidate,
@@ -229,12 +231,17 @@ class Tucker(AbstractTensorOperator):
         return max(self.core.shape)
 
     def to_dense(self) -> Array:
-        """The dense tensor: the core times each factor, in the cheapest order."""
-        order, _, _ = chain_plan(self.ranks, self.shape, 1)
-        return run_chain(self.core, self.factors, range(len(self.shape)), order, 1)
+        """The dense tensor: the core times each factor, as a cyclic sweep of matmuls or in
+        the cheapest order of mode products (`trailing_plan`)."""
+        return multiply_trailing(
+            self.core, self.factors, trailing_plan(self.ranks, self.shape, 1)[0]
+        )
 
     def reconstruction_flops(self) -> int:
-        return chain_plan(self.ranks, self.shape, 1)[1]
+        return trailing_plan(self.ranks, self.shape, 1)[1]
+
+    def reconstruction_gemm_flops(self) -> int:
+        return trailing_plan(self.ranks, self.shape, 1)[2]
 
     def truncate(self, rank: Any = None, *, rtol: Any = None) -> "Tucker":
         """ST-HOSVD of the tensor to a lower multilinear rank, computed from the core.
