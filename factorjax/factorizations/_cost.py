@@ -20,6 +20,7 @@ __all__ = [
     "Order",
     "Plan",
     "choose",
+    "flop_score",
     "gemm_flops",
     "matmul_gemm_flops",
     "score",
@@ -120,11 +121,17 @@ def score(
 ) -> tuple[float, int]:
     """The cost model's score of ``order`` (lower is better), then its peak for ties; the
     constants default to `CHAIN_PENALTY` and `BYTE_COST`."""
-    chain_penalty = CHAIN_PENALTY if chain_penalty is None else chain_penalty
     byte_cost = BYTE_COST if byte_cost is None else byte_cost
-    chain = order.flops - order.gemm_flops
     moved = order.traffic_bytes or order.peak_bytes
-    return (chain * chain_penalty + order.gemm_flops + byte_cost * moved, order.peak_bytes)
+    flops = flop_score(order.flops, order.gemm_flops, chain_penalty)
+    return (flops + byte_cost * moved, order.peak_bytes)
+
+
+def flop_score(flops: int, gemm_flops: int, chain_penalty: float | None = None) -> float:
+    """The FLOP part of `score`: ``flops``, of which ``gemm_flops`` at the matmul rate and
+    the rest `CHAIN_PENALTY` times (or ``chain_penalty``)."""
+    chain_penalty = CHAIN_PENALTY if chain_penalty is None else chain_penalty
+    return (flops - gemm_flops) * chain_penalty + gemm_flops
 
 
 def choose(candidates: Sequence[Candidate], order: Any = "auto") -> Candidate:

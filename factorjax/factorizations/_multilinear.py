@@ -17,7 +17,7 @@ from jax import Array, lax
 
 from factorjax import _lapack
 from factorjax._checks import check_positive_int, check_tolerance, describe
-from factorjax.factorizations._cost import CHAIN_PENALTY, matmul_gemm_flops
+from factorjax.factorizations._cost import flop_score, matmul_gemm_flops
 
 # ---------------------------------------------------------------------------------------------
 # Ranks, mode products and their order
@@ -142,7 +142,7 @@ def trailing_plan(src, dst, lead: int) -> tuple[Any, int, int, list[int]]:
         done *= dst[k]
         sizes.append(dst[k] * rest)
     order, chain_flops, chain_sizes = chain_plan(src, dst, lead)
-    if (flops - gemm) * CHAIN_PENALTY + gemm <= chain_flops * CHAIN_PENALTY:
+    if flop_score(flops, gemm) <= flop_score(chain_flops, 0):
         return "cyclic", flops, gemm, sizes
     return order, chain_flops, 0, chain_sizes
 
