@@ -1,5 +1,6 @@
 """The planner of `AbstractOperator`: choosing among candidate orders, and its refusals."""
 
+import collections
 import math
 
 import jax
@@ -220,6 +221,30 @@ def test_tune_times_every_candidate_and_caches_per_shape(quick_tuning, monkeypat
     W.truncate(2).tune(4, grad=False)
     assert calls == [(4, True), (5, False), (4, False)]
     assert len(_tune._TUNED) == 4
+
+
+@pytest.mark.parametrize("small_call_s, compiles", [(math.inf, 3), (0.0, 1)])
+def test_tune_compiles_small_calls_several_times(quick_tuning, monkeypatch, small_call_s, compiles):
+    """Candidates whose call is under `_SMALL_CALL_S` are compiled `_COMPILES` times (their
+    time is the median over compilations); longer ones once. Counted by the traces of each
+    order: one per compilation."""
+    monkeypatch.setattr(_tune, "_UNTIMED_ABOVE", math.inf)
+    monkeypatch.setattr(_tune, "_SMALL_CALL_S", small_call_s)
+    monkeypatch.setattr(_tune, "_COMPILES", 3)
+    traced = collections.Counter()
+    real = _tune._output_and_grad
+
+    def counting(w, x, g, order):
+        traced[order] += 1
+        return real(w, x, g, order)
+
+    monkeypatch.setattr(_tune, "_output_and_grad", counting)
+    W = _small_ttm()
+    plan = W.tune(4)
+    names = {c.order.name for c in W.candidates(4)}
+    assert traced == dict.fromkeys(names, compiles)
+    assert all(0 < s < math.inf for s in plan.seconds)
+    assert list(plan.seconds) == sorted(plan.seconds)
 
 
 def test_tune_leaves_untimed_the_orders_the_model_scores_far_above_its_cheapest(

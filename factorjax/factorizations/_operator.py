@@ -126,7 +126,11 @@ class AbstractOperator(AbstractFactorization):
 
         The result is cached per (format, shapes, dtype, batch, ``grad``, backend), so each
         shape is measured once per process; under `autotune`, ``apply(x)`` uses it. Each
-        candidate is compiled and timed once: a second or a few per new shape.
+        candidate is compiled and timed in interleaved rounds; those whose call takes under
+        10 ms are compiled three times and timed by the median over their compilations, as
+        one compilation of a small call can run 15% faster than another. A few seconds to
+        some ten seconds per new shape (TT-matrix d=1024 r=4 B=64, seven orders: 11 s on a
+        2-core CPU, against 3.6 s with one compilation each).
 
         Arguments:
             batch: the number of inputs (an int >= 1).
