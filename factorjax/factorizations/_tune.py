@@ -133,7 +133,7 @@ def _measure(op: Any, batch: int, grad: bool) -> Plan:
             for i in range(len(fns))[:: 1 if k % 2 else -1]:
                 best[i] = min(best[i], block(fns[i][1]))
     seconds = {
-        name: float(np.median([t for (n, _), t in zip(fns, best) if n == name]))
+        name: float(np.median([t for (n, _), t in zip(fns, best, strict=True) if n == name]))
         for name in timed
     }
     best = {o.name: seconds.get(o.name, math.inf) for o in orders}
