@@ -311,18 +311,28 @@ def test_autotune_makes_auto_take_the_measured_order(monkeypatch):
 
 
 def test_cost_model_picks_the_measured_fastest_matmul_orders():
-    """Orders built on plain matmuls count as such: on the layers benchmark (runs 5 and 6,
-    docs/benchmarks.md) ``khatri-rao`` ran 2.4-3.7x faster than ``einsum-optimal`` for CP at
-    d=1024, B=4096 (the same FLOPs and peak). At Tucker d=1024, r=4, B=4096 ``low-rank`` (two
-    matmuls through S = 64) took 24 ms, ``core-input`` 31 and ``factored`` 42 (run 8); the
-    model of run 4 picked ``factored``."""
+    """Orders built on plain matmuls count as such where no side of the product is below
+    `GEMM_MIN_DIM`: on the layers benchmark (runs 5 and 6, docs/benchmarks.md)
+    ``khatri-rao`` ran 2.4-3.7x faster than ``einsum-optimal`` for CP at d=1024, B=4096 (the
+    same FLOPs and peak). A product with a rank-4 or rank-16 side runs slower than that: at
+    d=1024, r=4, B=64 ``einsum-optimal`` took 0.27 to 0.46 ms against 0.39 to 0.49 for
+    ``khatri-rao`` (runs 11 and 12), and then the bytes of their intermediates decide. At
+    Tucker d=1024, r=4, B=4096 ``low-rank`` (two matmuls through S = 64) took 24 ms,
+    ``core-input`` 31 and ``factored`` 42 (run 8); the model of run 4 picked ``factored``."""
     modes = (8, 16, 8)
     key = jax.random.key(0)
-    cp = factorjax.CP.init_matrix(1024, 1024, 16, key=key, out_modes=modes, in_modes=modes)
-    orders = {c.order.name: c.order for c in cp.candidates(4096)}
+
+    def cp(rank):
+        return factorjax.CP.init_matrix(1024, 1024, rank, key=key, out_modes=modes, in_modes=modes)
+
+    orders = {c.order.name: c.order for c in cp(64).candidates(4096)}
     assert abs(orders["khatri-rao"].flops / orders["einsum-optimal"].flops - 1) < 1e-4
-    assert orders["khatri-rao"].gemm_flops == 2 * 4096 * 1024 * 16 * 2  # x K_in, z K_out^T
-    assert cp.plan(4096).order == "khatri-rao"
+    assert orders["khatri-rao"].gemm_flops == 2 * 4096 * 1024 * 64 * 2  # x K_in, z K_out^T
+    assert cp(64).plan(4096).order == "khatri-rao"
+    orders = {c.order.name: c.order for c in cp(16).candidates(4096)}
+    assert orders["khatri-rao"].gemm_flops == 0  # the rank, 16, is below GEMM_MIN_DIM
+    assert cp(16).plan(4096).order == "khatri-rao"
+    assert cp(4).plan(64).order == "einsum-optimal"
     tucker = factorjax.Tucker.init_matrix(
         1024, 1024, (4,) * 6, key=key, out_modes=modes, in_modes=modes
     )

@@ -37,6 +37,7 @@ from factorjax._checks import (
     check_tolerance,
     describe,
 )
+from factorjax.factorizations._cost import matmul_gemm_flops
 from factorjax.factorizations._init import small_std
 from factorjax.factorizations._operator import (
     Candidate,
@@ -449,7 +450,9 @@ class CP(AbstractTensorOperator):
             return expand(x @ khatri_rao(f_in))
 
         kr_cost = kr_flops(in_modes, r) + 2 * b * d_in * r
-        out_gemm, in_gemm = 2 * b * r * d_out, 2 * b * d_in * r  # plain matmuls
+        # plain matmuls, at the matmul rate where no side is below GEMM_MIN_DIM (a rank-4
+        # side ran as slowly as a chain: runs 11 and 12, B=64, docs/benchmarks.md)
+        out_gemm, in_gemm = matmul_gemm_flops(b, r, d_out), matmul_gemm_flops(b, d_in, r)
         factored_order = Order(
             "factored",
             flops + out_flops,
