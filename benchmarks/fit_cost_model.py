@@ -5,7 +5,8 @@ factorjax/factorizations/_cost.py) to the candidate times that ``layers.py --jso
 
 For every point of the saved grid it rebuilds the operator (same shapes; the cost model reads
 only shapes), scores every candidate order under each set of constants of a grid, and reports
-how the order each set picks compares with the fastest measured one: the worst ratio
+how the order each set picks compares with the fastest measured one (taking the rechecked
+times of ``layers.py`` where it has them): the worst ratio
 (fastest / picked, 1 is best), how many points fall below 0.9, and the geometric mean. The
 current constants are listed first. A fit on one run is in-sample: check it on another run.
 Each value of `GEMM_MIN_DIM` rebuilds the candidates (it changes their `gemm_flops`).
@@ -51,7 +52,9 @@ def main(argv=None):
         for cp, bc in [current[:2], *grid] if md == saved_min_dim else grid:
             ratios = []
             for row, orders in points:
-                times = row["orders_s"]  # orders it did not time (too large) count as infinite
+                # the rechecked times where the run has them; orders it did not time (too
+                # large) count as infinite
+                times = {**row["orders_s"], **row.get("recheck_s", {})}
                 pick = min(orders.values(), key=lambda o: _cost.score(o, cp, bc))
                 ratios.append(min(times.values()) / times.get(pick.name, math.inf))
             geo = math.exp(sum(map(math.log, ratios)) / len(ratios))

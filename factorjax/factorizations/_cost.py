@@ -105,9 +105,13 @@ class Plan(NamedTuple):
 # benchmarks/layers.py on a 2-core CPU (run 5 in docs/benchmarks.md, with
 # benchmarks/fit_cost_model.py): the order picked was within 10% of the fastest at 75 of 81
 # points, against 69 with the earlier model (chains at 4x, the largest intermediate alone at
-# 256 FLOPs a byte, no matmul but dense's counted as one).
+# 256 FLOPs a byte, no matmul but dense's counted as one). BYTE_COST refitted from 128 to 64
+# on runs 11 and 12 (81 points each, rechecked times where measured, CP's Khatri-Rao products
+# with a side below GEMM_MIN_DIM counted as chains): 8 points below 0.9 of the fastest in
+# each run against 10, the worst 0.79 and 0.75 against 0.62 and 0.58. 48 does as well, 32
+# and 80 leave 10: the fit is not sharp, and run 13 checks it out of sample.
 CHAIN_PENALTY = 6.0
-BYTE_COST = 128.0
+BYTE_COST = 64.0
 
 # The smallest side (rows, columns, contracted length) at which a step of a path run as matmuls
 # (`left_matmul`, the TT-matrix sweeps) counts at the matmul rate. Fitted with CHAIN_PENALTY and
