@@ -109,7 +109,8 @@ class Plan(NamedTuple):
 # on runs 11 and 12 (81 points each, rechecked times where measured, CP's Khatri-Rao products
 # with a side below GEMM_MIN_DIM counted as chains): 8 points below 0.9 of the fastest in
 # each run against 10, the worst 0.79 and 0.75 against 0.62 and 0.58. 48 does as well, 32
-# and 80 leave 10: the fit is not sharp, and run 13 checks it out of sample.
+# and 80 leave 10: the fit is not sharp. Out of sample, on run 13: 5 points below 0.9, the
+# worst 0.79.
 CHAIN_PENALTY = 6.0
 BYTE_COST = 64.0
 
