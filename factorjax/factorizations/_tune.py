@@ -128,12 +128,12 @@ def _measure(op: Any, batch: int, grad: bool) -> Plan:
                 f = compiled(name)
                 block(f)
                 fns.append((name, f))
-        best = [math.inf] * len(fns)
+        fastest = [math.inf] * len(fns)  # of each compilation
         for k in range(_ROUNDS):
             for i in range(len(fns))[:: 1 if k % 2 else -1]:
-                best[i] = min(best[i], block(fns[i][1]))
+                fastest[i] = min(fastest[i], block(fns[i][1]))
     seconds = {
-        name: float(np.median([t for (n, _), t in zip(fns, best, strict=True) if n == name]))
+        name: float(np.median([t for (n, _), t in zip(fns, fastest, strict=True) if n == name]))
         for name in timed
     }
     best = {o.name: seconds.get(o.name, math.inf) for o in orders}
