@@ -114,4 +114,16 @@ def machine():
         "jaxlib": _version("jaxlib"),
         "numpy": np.__version__,
         "devices": [str(d) for d in jax.devices()],
+        # how large buffers get their pages: fresh 64 MB outputs of XLA on CPU were written 3x
+        # faster with huge pages (docs/benchmarks.md, "Huge pages")
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
     }
+
+
+def _read(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return "?"

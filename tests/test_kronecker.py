@@ -23,7 +23,7 @@ import opt_einsum
 import pytest
 from jax.test_util import check_grads
 
-from factorjax.factorizations._cost import CHAIN_PENALTY
+from factorjax.factorizations._cost import BYTE_COST, CHAIN_PENALTY
 from factorjax.factorizations.kronecker import Kronecker
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -129,7 +129,13 @@ def test_plan_picks_the_cheapest_candidate(rng, batch):
     plan = K.plan(batch)
     cands = K.candidates(batch)
     assert plan.order in {c.order.name for c in cands}
-    weight = lambda o: o.flops * (1.0 if o.name == "dense" else CHAIN_PENALTY)  # noqa: E731
+
+    # the cost model from its definition: chain FLOPs CHAIN_PENALTY times, matmul FLOPs once,
+    # BYTE_COST per byte of the intermediates (the peak where an order does not count them)
+    def weight(o):
+        moved = o.traffic_bytes or o.peak_bytes
+        return (o.flops - o.gemm_flops) * CHAIN_PENALTY + o.gemm_flops + BYTE_COST * moved
+
     chosen = next(o for o in plan.candidates if o.name == plan.order)
     assert weight(chosen) == min(weight(c.order) for c in cands)
 
