@@ -37,8 +37,9 @@ class Order(NamedTuple):
             ``"dense"``, the input and output excluded).
         gemm_flops: the part of ``flops`` done by plain products of two matrices (the
             ``(B, d_in) x (d_in, d_out)`` product of ``"dense"``, the product with a
-            Khatri-Rao matrix or a merged Tucker core, those of low-rank factors), which run
-            at a higher rate than chains of small contractions (see `CHAIN_PENALTY`).
+            Khatri-Rao matrix or a merged Tucker core, those of low-rank factors, the steps
+            of a contraction path with no side below `GEMM_MIN_DIM`), which run at a higher
+            rate than chains of small contractions (see `CHAIN_PENALTY`).
         traffic_bytes: bytes of all the intermediates it writes (and reads back); 0 where
             an order does not count them: its ``peak_bytes`` stands in.
     """

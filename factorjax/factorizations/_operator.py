@@ -315,10 +315,10 @@ def network_candidates(
 
     A path of ``named`` runs through ``jnp.einsum``, or through ``runners[name]`` where the
     caller computes it as matmuls (`left_matmul`, batch last). Either way its steps no side
-    of which is below `GEMM_MIN_DIM` count as matmul FLOPs (`Order.gemm_flops`): XLA runs
-    an einsum step of that size as one dot, at the matmul rate (counting them as chains
-    left CP d=1024 and 4096, r=64, B=64 on `khatri-rao`, 0.79 to 0.87 of the measured
-    `einsum-optimal`, in runs 11 to 13 of the layers benchmark)."""
+    of which is below `GEMM_MIN_DIM` count as matmul FLOPs (`Order.gemm_flops`): jnp.einsum
+    lowers each step to one `dot_general`, which runs at the matmul rate at that size.
+    Counted as chains, they left CP d=1024 and 4096, r=64, B=64 on `khatri-rao`, at 0.79 to
+    0.87 of the measured `einsum-optimal` (runs 11 to 13 of the layers benchmark)."""
     runners = runners or {}
     shapes = [(batch, *net.in_shape), *(o.shape for o in net.operands)]
     ways = {**(named or {}), "einsum-optimal": "optimal" if len(shapes) <= 5 else "dp"}
