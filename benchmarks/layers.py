@@ -6,6 +6,7 @@ brings PyTorch's CPU build and tensorly-torch):
     python benchmarks/layers.py                 # the grid: over an hour on 2 cores (below)
     python benchmarks/layers.py --quick         # a small grid: a smoke test
     python benchmarks/layers.py --json out.json # also save the numbers (after every point)
+    python benchmarks/layers.py --markdown out.json  # the table of docs/benchmarks.md, from them
 
 Run 4 (docs/benchmarks.md): TT took 27 minutes for 26 points, Tucker and CP 25 minutes
 together; TT d=4096 r=64 B=4096 alone ran for 22 minutes more without finishing, with 22 of
@@ -264,13 +265,46 @@ def point(fmt, d, r, B, rounds):
     }
 
 
+MARKDOWN_COLUMNS = (
+    "format", "d", "rank", "batch", "model's order", "tuned order", "fastest (first)",
+    "fastest / model's (first)", "(recheck)", "fastest / tuned (first)", "(recheck)",
+    "tltorch better mode / ours (model)", "(tuned)", "dense matmul / ours (model)",
+)  # fmt: skip
+
+
+def markdown_table(rows):
+    """The rows of a run (``--json``) as the markdown table of docs/benchmarks.md: ratios
+    above 1 mean factorjax is faster; "(recheck)" is the ratio on the orders timed again,
+    the first one where none was."""
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|---" * len(MARKDOWN_COLUMNS) + "|"]
+    for r in rows:
+        cells = [
+            r["format"], r["d"], r["rank"], r["batch"],
+            short(r["order"]), short(r["tuned_order"]), short(r["best_order"]),
+            r["planner_over_best"], r.get("planner_over_best_recheck", r["planner_over_best"]),
+            r["tuned_over_best"], r.get("tuned_over_best_recheck", r["tuned_over_best"]),
+            r["over_tltorch"], r["tuned_over_tltorch"], r["over_dense"],
+        ]  # fmt: skip
+        lines.append(
+            "| " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
     p.add_argument("--json", metavar="PATH", help="save the numbers to this JSON file")
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--markdown", metavar="PATH", help="print a saved run as a markdown table; time nothing"
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as fh:
+            print(markdown_table(json.load(fh)["rows"]))
+        return 0
     import torch
 
     threads = os.cpu_count() or 1
