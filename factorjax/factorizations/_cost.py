@@ -111,7 +111,9 @@ class Plan(NamedTuple):
 # with a side below GEMM_MIN_DIM counted as chains): 8 points below 0.9 of the fastest in
 # each run against 10, the worst 0.79 and 0.75 against 0.62 and 0.58. 48 does as well, 32
 # and 80 leave 10: the fit is not sharp. Out of sample, on run 13: 5 points below 0.9, the
-# worst 0.79.
+# worst 0.79. With the steps of einsum paths counted at the matmul rate too, the three
+# constants are still the best of benchmarks/fit_cost_model.py's grid on runs 11 to 14
+# together (324 points, 26 below 0.9, the worst 0.74).
 CHAIN_PENALTY = 6.0
 BYTE_COST = 64.0
 
