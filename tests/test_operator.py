@@ -238,7 +238,6 @@ def test_tune_compiles_small_calls_several_times(quick_tuning, monkeypatch, smal
     monkeypatch.setattr(_tune, "_UNTIMED_ABOVE", math.inf)
     monkeypatch.setattr(_tune, "_SMALL_CALL_S", small_call_s)
     monkeypatch.setattr(_tune, "_COMPILES", 3)
-    monkeypatch.setattr(_tune, "_CONFIRM_WITHIN", 0.0)  # no second pass
     traced = collections.Counter()
     real = _tune._output_and_grad
 
@@ -253,39 +252,6 @@ def test_tune_compiles_small_calls_several_times(quick_tuning, monkeypatch, smal
     assert traced == dict.fromkeys(names, compiles)
     assert all(0 < s < math.inf for s in plan.seconds)
     assert list(plan.seconds) == sorted(plan.seconds)
-
-
-def test_tune_times_the_contenders_again_and_keeps_their_better_time(quick_tuning, monkeypatch):
-    """A slow spell over the first pass makes the truly fastest order look slower than
-    another; the second pass, of the fastest `_CONFIRM_TOP` orders within `_CONFIRM_WITHIN`
-    of the fastest, corrects it. The passes are stand-ins returning scripted times."""
-    W = _small_ttm()
-    names = [c.order.name for c in W.candidates(4)]
-    assert len(names) >= 4
-    a, b, c, far = names[0], names[1], names[2], names[3:]
-    first = {a: 1.4, b: 1.0, c: 1.45, **dict.fromkeys(far, 2.0)}  # a hit by a slow spell
-    second = {a: 0.9, b: 1.1}
-    passes = []
-
-    def fake_pass(timed, compiled, block):
-        passes.append(list(timed))
-        return {n: (first if len(passes) == 1 else second)[n] for n in timed}
-
-    monkeypatch.setattr(_tune, "_UNTIMED_ABOVE", math.inf)
-    monkeypatch.setattr(_tune, "_CONFIRM_WITHIN", 1.5)
-    monkeypatch.setattr(_tune, "_CONFIRM_TOP", 2)  # c is within 1.5x, but third
-    monkeypatch.setattr(_tune, "_time_pass", fake_pass)
-    plan = W.tune(4)
-    assert sorted(passes[0]) == sorted(names)
-    assert sorted(passes[1]) == sorted([a, b]) and len(passes) == 2
-    seconds = dict(zip((o.name for o in plan.candidates), plan.seconds, strict=True))
-    assert plan.order == a
-    assert seconds == {a: 0.9, b: 1.0, c: 1.45, **dict.fromkeys(far, 2.0)}
-    # one contender alone is not timed again
-    _tune._TUNED.clear()
-    passes.clear()
-    first = {a: 1.0, b: 1.6, c: 1.7, **dict.fromkeys(far, 2.0)}
-    assert W.tune(4).order == a and len(passes) == 1
 
 
 def test_tune_leaves_untimed_the_orders_the_model_scores_far_above_its_cheapest(

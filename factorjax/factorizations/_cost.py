@@ -68,8 +68,7 @@ class Plan(NamedTuple):
         candidates: every candidate `Order`, cheapest first (fastest first when measured).
         seconds: for a measured plan (`AbstractOperator.tune`), the time of each candidate,
             aligned with ``candidates`` (``inf`` for those it did not time: scored by the cost
-            model above 16 times its cheapest; the better of two passes for the three fastest,
-            where within 1.5 times the fastest); ``None`` for a modelled one.
+            model above 16 times its cheapest); ``None`` for a modelled one.
     """
 
     order: str

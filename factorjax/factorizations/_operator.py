@@ -128,11 +128,9 @@ class AbstractOperator(AbstractFactorization):
         shape is measured once per process; under `autotune`, ``apply(x)`` uses it. Each
         candidate is compiled and timed in interleaved rounds; those whose call takes under
         10 ms are compiled three times and timed by the median over their compilations, as
-        one compilation of a small call can run 15% faster than another. The three fastest
-        (where within 1.5 times the fastest) are then timed again on fresh compilations and
-        keep their better time, as a slow spell of the machine can swap two orders. A few
-        seconds to some twenty seconds per new shape (TT-matrix d=1024 r=4 B=64, seven
-        orders: 22 s on a 2-core CPU, of which 6 s for the second pass).
+        one compilation of a small call can run 15% faster than another. A few seconds to
+        some ten seconds per new shape (TT-matrix d=1024 r=4 B=64, seven orders: 11 s on a
+        2-core CPU, against 3.6 s with one compilation each).
 
         Arguments:
             batch: the number of inputs (an int >= 1).

@@ -32,39 +32,6 @@ _COMPILES = 3
 # layers benchmark such orders (token-by-token chains at large batch) ran 40x slower than the
 # best, and at d=4096, r=64, B=4096 each held 4 GB; the model's worst miss was 3.3x.
 _UNTIMED_ABOVE = 16.0
-# The fastest orders (at most _CONFIRM_TOP of them, within _CONFIRM_WITHIN of the fastest)
-# are timed again in a second pass, on fresh compilations, and keep the better of their two
-# times. In run 14 of the layers benchmark
-# `tune` picked `core-input` for Tucker d=1024 r=4 B=4096 (33 ms when the benchmark timed it)
-# over `low-rank` (26 ms), and `low-rank` in each of two fresh processes after the run: a slow
-# spell of the machine longer than a pass had swapped them.
-_CONFIRM_WITHIN = 1.5
-_CONFIRM_TOP = 3
-
-
-def _time_pass(names, compiled, block):
-    """The seconds of each order in ``names``, in one pass: ``compiled(name)`` compiles an
-    order, ``block(f)`` times a block of its calls.
-
-    A warm-up round (measured: right after compilation, calls run up to 1.7x slower) also
-    finds the small calls, which get `_COMPILES` compilations; then `_ROUNDS` interleaved
-    rounds, the order reversed every other round. An order's time is the median over its
-    compilations of their best blocks."""
-    fns = [(name, compiled(name)) for name in names]
-    small = [name for name, f in fns if block(f) < _SMALL_CALL_S]
-    for name in small:
-        for _ in range(_COMPILES - 1):
-            f = compiled(name)
-            block(f)
-            fns.append((name, f))
-    fastest = [math.inf] * len(fns)  # of each compilation
-    for k in range(_ROUNDS):
-        for i in range(len(fns))[:: 1 if k % 2 else -1]:
-            fastest[i] = min(fastest[i], block(fns[i][1]))
-    return {
-        name: float(np.median([t for (n, _), t in zip(fns, fastest, strict=True) if n == name]))
-        for name in names
-    }
 
 
 @contextlib.contextmanager
@@ -151,14 +118,24 @@ def _measure(op: Any, batch: int, grad: bool) -> Plan:
                 if elapsed >= _MIN_BLOCK_S:
                     return elapsed / calls
 
-        seconds = _time_pass(timed, compiled, block)
-        # the contenders again (see _CONFIRM_WITHIN)
-        top = min(seconds.values())
-        contenders = sorted(seconds, key=seconds.get)[:_CONFIRM_TOP]
-        contenders = [n for n in contenders if seconds[n] <= _CONFIRM_WITHIN * top]
-        if len(contenders) > 1:
-            again = _time_pass(contenders, compiled, block)
-            seconds = {n: min(t, again.get(n, math.inf)) for n, t in seconds.items()}
+        # A warm-up round (measured: right after compilation, calls run up to 1.7x slower)
+        # that also finds the small calls, which get more compilations; then interleaved
+        # rounds, the order reversed every other round.
+        fns = [(name, compiled(name)) for name in timed]
+        small = [name for name, f in fns if block(f) < _SMALL_CALL_S]
+        for name in small:
+            for _ in range(_COMPILES - 1):
+                f = compiled(name)
+                block(f)
+                fns.append((name, f))
+        fastest = [math.inf] * len(fns)  # of each compilation
+        for k in range(_ROUNDS):
+            for i in range(len(fns))[:: 1 if k % 2 else -1]:
+                fastest[i] = min(fastest[i], block(fns[i][1]))
+    seconds = {
+        name: float(np.median([t for (n, _), t in zip(fns, fastest, strict=True) if n == name]))
+        for name in timed
+    }
     best = {o.name: seconds.get(o.name, math.inf) for o in orders}
     ranked = tuple(sorted(orders, key=lambda o: best[o.name]))
     top = ranked[0]
