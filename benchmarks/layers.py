@@ -46,6 +46,9 @@ times across runs.
 Since run 12, where the model's or `tune`'s order was not the fastest candidate, the orders
 involved are timed again on fresh compilations (`recheck`), and both ratios are reported:
 the first (against the least of several noisy times) and the recheck (no selection in it).
+Since run 16 the recheck runs trials (12 for calls under 10 ms, 6 under 100 ms, else 3),
+each compiling every order involved afresh and timing them side by side; its ratio is the
+median over the trials of the ratio within a trial, with a 90% bootstrap interval.
 """
 
 import argparse
@@ -74,9 +77,14 @@ MIN_BLOCK_S = 0.05
 # d=4096, r=64, B=4096 hold 4 GB each, and ran 40x slower than the best where they fit).
 MAX_PEAK_BYTES = 2**30
 TARGETS = {"median_over_tltorch": 1.5, "worst_over_tltorch": 0.9, "planner_over_best": 0.9}
-# Where a chosen order was not the fastest, both are timed again on this many fresh
-# compilations each (see `recheck`).
-RECHECK_COMPILES = 3
+# Where a chosen order was not the fastest, the orders involved are timed again in trials,
+# each of which compiles every one of them afresh (see `recheck`): this many trials for calls
+# under 10 ms, whose compilations vary most, and for calls under 100 ms; 3 for longer ones.
+RECHECK_TRIALS = {0.01: 12, 0.1: 6}
+RECHECK_ROUNDS = 2
+# The interval reported with a rechecked ratio: this share of bootstrap resamples of the
+# trials falls inside it.
+INTERVAL = 0.9
 # Short labels of the candidate orders in the printed table ("r2l(2-3)": right-to-left with
 # cores 2 and 3 merged first).
 SHORT = {
@@ -174,19 +182,56 @@ def jax_forward(W, x, order):
     return lambda: f(W, x)
 
 
-def recheck(W, x, g, names, rounds):
-    """The time of each order in ``names`` measured again: each is compiled afresh
-    `RECHECK_COMPILES` times, all are timed in interleaved rounds, and an order's time is the
-    median over its compilations of their best times.
+def recheck_trials(seconds):
+    """How many trials `recheck` runs for a call of ``seconds``."""
+    return next((n for limit, n in sorted(RECHECK_TRIALS.items()) if seconds < limit), 3)
+
+
+def recheck(W, x, g, names, trials):
+    """The orders in ``names`` timed again, in ``trials`` trials: each compiles every order
+    afresh and times them in `RECHECK_ROUNDS` interleaved rounds (the best of each). Returns
+    each order's time per trial.
 
     The fastest of a point's first measurement is the least of several noisy times, so it is
-    biased low (the winner's curse), and one compilation of a millisecond call can run 15%
-    faster than another of the same program (measured: six compilations of CP d=1024 r=4
-    B=1 `einsum-optimal`, 0.062 to 0.082 ms). A fresh measurement of the two orders, with no
-    selection in it, tells a miss of the planner from one of the measurement."""
-    fns = {f"{n}#{k}": jax_fwd_bwd(W, x, g, n) for n in names for k in range(RECHECK_COMPILES)}
-    best, _ = time_rounds(fns, rounds, min_block_s=MIN_BLOCK_S)
-    return {n: statistics.median(best[f"{n}#{k}"] for k in range(RECHECK_COMPILES)) for n in names}
+    biased low (the winner's curse), and one compilation of a millisecond call can run a
+    quarter faster than another of the same program (measured: nine compilations of Tucker
+    d=1024 r=4 B=64 `factored`, 0.79 to 1.07 ms). A fresh measurement of the orders over
+    many compilations, with no selection in it, tells a miss of the planner from one of the
+    measurement; the trials pair the orders (compiled and timed side by side), which
+    `ratio_interval` uses."""
+    per = {n: [] for n in names}
+    for _ in range(trials):
+        fns = {n: jax_fwd_bwd(W, x, g, n) for n in names}
+        best, _ = time_rounds(fns, RECHECK_ROUNDS, min_block_s=MIN_BLOCK_S)
+        for n in names:
+            per[n].append(best[n])
+        del fns
+    return per
+
+
+def ratio_interval(per, chosen, seed=0, resamples=2000):
+    """How ``chosen`` compares with the fastest order of `recheck`'s trials ``per``: the
+    median over the trials of the fastest order's time over ``chosen``'s in the same trial
+    (the fastest: the least median time), and its `INTERVAL` bootstrap interval (the trials
+    resampled, the fastest found again in each resample).
+
+    The ratios are taken within a trial because the machine's speed drifts between trials
+    more than the orders differ: at TT d=1024 r=4 B=64, ten trials of `einsum-optimal` ran
+    1.5 to 3.9 ms, the same trials of `right-to-left(2-3)` 2.0 to 3.3 ms, and the ratio within
+    a trial was 0.62 to 0.91 in nine of them."""
+    times = np.array(list(per.values()))  # (orders, trials)
+    k = list(per).index(chosen)
+
+    def ratio(t):  # t: (..., orders, trials)
+        fastest = np.median(t, axis=-1).argmin(axis=-1)
+        best = np.take_along_axis(t, fastest[..., None, None], axis=-2)[..., 0, :]
+        return np.median(best / t[..., k, :], axis=-1)
+
+    idx = np.random.default_rng(seed).integers(0, times.shape[1], (resamples, times.shape[1]))
+    boot = ratio(np.moveaxis(times[:, idx], 1, 0))  # (resamples, orders, trials)
+    tail = (1 - INTERVAL) / 2
+    lo, hi = np.quantile(boot, [tail, 1 - tail])
+    return float(ratio(times)), (float(lo), float(hi))
 
 
 def point(fmt, d, r, B, rounds):
@@ -231,8 +276,16 @@ def point(fmt, d, r, B, rounds):
     planned, tuned_s = cand[plan.order], cand[tuned.order]
     tl_best = min(best["tl:factorized"], best["tl:reconstructed"])
     fastest = min(cand, key=cand.get)
-    again = sorted({plan.order, tuned.order, fastest})
-    again = recheck(W, x, g, again, rounds) if len(again) > 1 else {fastest: cand[fastest]}
+    names = sorted({plan.order, tuned.order, fastest})
+    if len(names) > 1:
+        per = recheck(W, x, g, names, recheck_trials(cand[fastest]))
+        again = {n: statistics.median(v) for n, v in per.items()}
+        model_again, model_interval = ratio_interval(per, plan.order)
+        tuned_again, tuned_interval = ratio_interval(per, tuned.order)
+    else:
+        per, again = {}, {fastest: cand[fastest]}
+        model_again = tuned_again = 1.0
+        model_interval = tuned_interval = (1.0, 1.0)
     return {
         "format": fmt,
         "d": d,
@@ -249,8 +302,11 @@ def point(fmt, d, r, B, rounds):
         "planner_over_best": min(cand.values()) / planned,
         "tuned_over_best": min(cand.values()) / tuned_s,
         "recheck_s": again,
-        "planner_over_best_recheck": min(again.values()) / again[plan.order],
-        "tuned_over_best_recheck": min(again.values()) / again[tuned.order],
+        "recheck_trials_s": per,
+        "planner_over_best_recheck": model_again,
+        "planner_over_best_recheck_interval": model_interval,
+        "tuned_over_best_recheck": tuned_again,
+        "tuned_over_best_recheck_interval": tuned_interval,
         "tltorch_s": {
             "factorized": best["tl:factorized"],
             "reconstructed": best["tl:reconstructed"],
@@ -351,10 +407,15 @@ def main(argv=None):
                             times = ", ".join(
                                 f"{short(n)} {t * 1e3:.3f} ms" for n, t in row["recheck_s"].items()
                             )
+                            model, tuned = (
+                                f"{row[k]:.2f} [{row[k + '_interval'][0]:.2f}, "
+                                f"{row[k + '_interval'][1]:.2f}]"
+                                for k in ("planner_over_best_recheck", "tuned_over_best_recheck")
+                            )
+                            trials = len(next(iter(row["recheck_trials_s"].values())))
                             print(
-                                f"{'':<23}recheck: {times}; model/best "
-                                f"{row['planner_over_best_recheck']:.2f}, tuned/best "
-                                f"{row['tuned_over_best_recheck']:.2f}",
+                                f"{'':<23}recheck ({trials} trials, medians): {times}; "
+                                f"model/best {model}, tuned/best {tuned}",
                                 flush=True,
                             )
     summary = {"other_load_cores": load.cores}
@@ -373,6 +434,10 @@ def main(argv=None):
             "below_0.9_best": sum(v < 0.9 for v in plan_best),
             "planner_over_best_recheck": min(again),
             "below_0.9_best_recheck": sum(v < 0.9 for v in again),
+            # the rechecked ratio's whole interval below 0.9
+            "surely_below_0.9_best_recheck": sum(
+                r.get(best_key + "_recheck_interval", (1, 1))[1] < 0.9 for r in rows
+            ),
         }
         summary[way] = s
         print(
@@ -386,7 +451,8 @@ def main(argv=None):
             f"worst {s['planner_over_best']:.2f} (target >= {TARGETS['planner_over_best']}; "
             f"{s['below_0.9_best']} of {len(rows)} below 0.9); measured again where it was "
             f"not the fastest (`recheck`): worst {s['planner_over_best_recheck']:.2f} "
-            f"({s['below_0.9_best_recheck']} below 0.9)"
+            f"({s['below_0.9_best_recheck']} below 0.9, "
+            f"{s['surely_below_0.9_best_recheck']} with the whole {INTERVAL:.0%} interval below)"
         )
     print(f"other-load {load.cores if load.cores is None else round(load.cores, 2)} cores")
     if args.json:
